@@ -1,0 +1,29 @@
+"""``python -m model_server``: load the newest model version and serve it with KServe."""
+from __future__ import annotations
+
+import logging
+import sys
+
+import kserve
+
+from model_server.model import RakutenClassifier
+from model_server.settings import build_parser, settings_from
+from rakuten_common.artifacts import ArtifactError
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, _ = build_parser().parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    model = RakutenClassifier(settings_from(args))
+    try:
+        model.load()
+    except ArtifactError as exc:
+        logging.getLogger("rakuten.model_server").error("cannot load a model: %s", exc)
+        return 1
+    kserve.ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, workers=1,
+                       enable_grpc=args.enable_grpc).start([model])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""Prometheus metrics of the predictor, exposed beside KServe's stage histograms on ``/metrics``."""
+from prometheus_client import Counter, Gauge, Histogram
+
+PREDICTIONS = Counter(
+    "rakuten_predictions", "Products classified, by top-1 predicted prdtypecode",
+    ["model_name", "prdtypecode"])
+REJECTED = Counter(
+    "rakuten_rejected_requests", "Inference requests refused with a 4xx, by reason",
+    ["model_name", "reason"])
+BATCH_SIZE = Histogram(
+    "rakuten_batch_size", "Products per model call after adaptive batching",
+    ["model_name"], buckets=(1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128))
+BATCH_WAIT = Histogram(
+    "rakuten_batch_wait_seconds", "Time a request waited in the batching queue before its model call",
+    ["model_name"], buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0))
+MODEL_SECONDS = Histogram(
+    "rakuten_model_seconds", "Wall time of one batched model call",
+    ["model_name"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
+IN_FLIGHT = Gauge(
+    "rakuten_inflight_requests", "Inference requests being processed", ["model_name"])
+MODEL_INFO = Gauge(
+    "rakuten_model_info", "Model version being served (value 1)", ["model_name", "version"])

@@ -1,0 +1,135 @@
+"""``RakutenClassifier``: the ``kserve.Model`` serving the concatenated text+image classifier.
+
+preprocess: validate the V2 request (4xx on any fault), clean text and decode images on a
+    thread pool, off the event loop.
+predict:    hand the arrays to the adaptive batcher, which runs the model on its own thread.
+postprocess: top-k codes and probabilities as V2 outputs, and the prediction counters.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import kserve
+import numpy as np
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+from model_server import metrics
+from model_server.batching import AdaptiveBatcher
+from model_server.codec import Products, RequestRejected, decode_request
+from model_server.runner import ModelRunner
+from model_server.settings import Settings
+from rakuten_common.artifacts import fetch
+from rakuten_common.bundle import load_bundle
+from rakuten_common.labels import LabelMap
+from rakuten_common.preprocessing import ImageError, ImageLimits, decode_image, product_text
+
+logger = logging.getLogger("rakuten.model_server")
+
+
+@dataclass
+class Prepared:
+    """One request after preprocessing, and later its probabilities."""
+
+    request: InferRequest
+    inputs: dict[str, np.ndarray]
+    top_k: int
+    probabilities: np.ndarray | None = None
+
+
+class RakutenClassifier(kserve.Model):
+    def __init__(self, settings: Settings):
+        super().__init__(settings.model_name)
+        self.settings = settings
+        self.version: str | None = None
+        self.labels: LabelMap | None = None
+        self.runner: ModelRunner | None = None
+        self.batcher: AdaptiveBatcher | None = None
+        self._pool = ThreadPoolExecutor(settings.preprocess_workers, thread_name_prefix="preprocess")
+        self._image_limits = ImageLimits(settings.limits.max_image_bytes, settings.max_image_pixels)
+        self._name_label = {"model_name": settings.model_name}
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def load(self) -> bool:
+        """Fetch and verify the newest complete version, load it, warm it up; then ready."""
+        logger.info("Fetching model from %s", self.settings.model_uri)
+        bundle, manifest = fetch(self.settings.model_uri, self.settings.cache_dir, progress=logger.info)
+        model, self.labels, spec = load_bundle(bundle)
+        self.runner = ModelRunner(model, spec)
+        self.runner.warm_up(tuple(sorted({1, self.settings.max_batch_size})))
+        self.batcher = AdaptiveBatcher(self.runner, self.settings.max_batch_size,
+                                       self.settings.max_batch_time, on_batch=self._observe_batch)
+        self.version = manifest.version
+        metrics.MODEL_INFO.labels(version=manifest.version, **self._name_label).set(1)
+        logger.info("Loaded version %s (%s); batching max %d rows / %.1f ms", manifest.version,
+                    manifest.metrics, self.settings.max_batch_size, self.settings.max_batch_time * 1000)
+        self.ready = True
+        return self.ready
+
+    def _observe_batch(self, rows: int, waits: list[float], seconds: float) -> None:
+        metrics.BATCH_SIZE.labels(**self._name_label).observe(rows)
+        metrics.MODEL_SECONDS.labels(**self._name_label).observe(seconds)
+        for wait in waits:
+            metrics.BATCH_WAIT.labels(**self._name_label).observe(wait)
+
+    # -- metadata (GET /v2/models/<name>) ----------------------------------------------
+    def get_input_types(self) -> list[dict]:
+        return [{"name": name, "datatype": "BYTES", "shape": [-1]}
+                for name in ("designation", "description", "image")]
+
+    def get_output_types(self) -> list[dict]:
+        return [{"name": "prdtypecode", "datatype": "INT64", "shape": [-1, -1]},
+                {"name": "probability", "datatype": "FP32", "shape": [-1, -1]}]
+
+    # -- inference ---------------------------------------------------------------------
+    def _prepare(self, products: Products) -> dict[str, np.ndarray]:
+        """CPU-bound part of preprocessing (runs on the thread pool)."""
+        size = self.runner.spec.image_size
+        images = np.empty((len(products), size, size, 3), dtype=np.uint8)
+        for i, data in enumerate(products.images):
+            try:
+                images[i] = decode_image(data, size, self._image_limits)
+            except ImageError as exc:
+                raise RequestRejected(exc.reason, f"image[{i}]: {exc}") from None
+        texts = np.array([product_text(d, s) for d, s in zip(products.designations, products.descriptions)],
+                         dtype=object)
+        return {"text": texts, "image": images}
+
+    async def preprocess(self, payload: InferRequest, headers: dict[str, str] | None = None) -> Prepared:
+        self.batcher.incoming += 1
+        try:
+            products = decode_request(payload, self.settings.limits)
+            inputs = await asyncio.get_running_loop().run_in_executor(self._pool, self._prepare, products)
+        except RequestRejected as exc:
+            metrics.REJECTED.labels(reason=exc.reason, **self._name_label).inc()
+            raise
+        finally:
+            self.batcher.incoming -= 1
+        return Prepared(payload, inputs, products.top_k)
+
+    async def predict(self, payload: Prepared, headers: dict[str, str] | None = None,
+                      response_headers: dict[str, str] | None = None) -> Prepared:
+        with metrics.IN_FLIGHT.labels(**self._name_label).track_inprogress():
+            payload.probabilities = await self.batcher.submit(payload.inputs)
+        return payload
+
+    async def postprocess(self, result: Prepared, headers: dict[str, str] | None = None,
+                          response_headers: dict[str, str] | None = None) -> InferResponse:
+        k = result.top_k
+        best = np.argsort(-result.probabilities, axis=1, kind="stable")[:, :k]
+        codes = np.asarray(self.labels.codes, dtype=np.int64)[best]
+        probabilities = np.take_along_axis(result.probabilities, best, axis=1).astype(np.float32)
+        for code in codes[:, 0]:
+            metrics.PREDICTIONS.labels(prdtypecode=str(code), **self._name_label).inc()
+        binary = result.request.use_binary_outputs
+        outputs = []
+        for name, array in (("prdtypecode", codes), ("probability", probabilities)):
+            output = InferOutput(name=name, shape=list(array.shape), datatype="INT64" if name == "prdtypecode" else "FP32")
+            output.set_data_from_numpy(array, binary_data=binary)
+            outputs.append(output)
+        return InferResponse(response_id=result.request.id or str(uuid.uuid4()), model_name=self.name,
+                             infer_outputs=outputs, use_binary_outputs=binary,
+                             parameters={"model_version": self.version})

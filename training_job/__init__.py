@@ -1,0 +1,1 @@
+"""Training job: Rakuten data -> concatenated text+image Keras model -> MLflow run -> versioned model."""
