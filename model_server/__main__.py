@@ -6,6 +6,7 @@ import sys
 
 import kserve
 
+from model_server import binary
 from model_server.model import RakutenClassifier
 from model_server.settings import build_parser, settings_from
 from rakuten_common.artifacts import ArtifactError
@@ -14,14 +15,20 @@ from rakuten_common.artifacts import ArtifactError
 def main(argv: list[str] | None = None) -> int:
     args, _ = build_parser().parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.workers != 1:
+        logging.getLogger("rakuten.model_server").warning(
+            "--workers=%d ignored: one process per pod keeps batching and /metrics whole; "
+            "scale with replicas (and --preprocess_workers threads) instead", args.workers)
     model = RakutenClassifier(settings_from(args))
     try:
         model.load()
     except ArtifactError as exc:
         logging.getLogger("rakuten.model_server").error("cannot load a model: %s", exc)
         return 1
-    kserve.ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, workers=1,
-                       enable_grpc=args.enable_grpc).start([model])
+    server = kserve.ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, workers=1,
+                                enable_grpc=args.enable_grpc)
+    binary.install(kserve.model_server.app, server.dataplane)
+    server.start([model])
     return 0
 
 

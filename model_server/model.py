@@ -40,6 +40,19 @@ class Prepared:
     probabilities: np.ndarray | None = None
 
 
+def prepare(products: Products, image_size: int, image_limits: ImageLimits) -> dict[str, np.ndarray]:
+    """The CPU-bound part of serving's preprocessing: the shared text and image functions."""
+    images = np.empty((len(products), image_size, image_size, 3), dtype=np.uint8)
+    for i, data in enumerate(products.images):
+        try:
+            images[i] = decode_image(data, image_size, image_limits)
+        except ImageError as exc:
+            raise RequestRejected(exc.reason, f"image[{i}]: {exc}") from None
+    texts = np.array([product_text(d, s) for d, s in zip(products.designations, products.descriptions)],
+                     dtype=object)
+    return {"text": texts, "image": images}
+
+
 class RakutenClassifier(kserve.Model):
     def __init__(self, settings: Settings):
         super().__init__(settings.model_name)
@@ -85,24 +98,12 @@ class RakutenClassifier(kserve.Model):
                 {"name": "probability", "datatype": "FP32", "shape": [-1, -1]}]
 
     # -- inference ---------------------------------------------------------------------
-    def _prepare(self, products: Products) -> dict[str, np.ndarray]:
-        """CPU-bound part of preprocessing (runs on the thread pool)."""
-        size = self.runner.spec.image_size
-        images = np.empty((len(products), size, size, 3), dtype=np.uint8)
-        for i, data in enumerate(products.images):
-            try:
-                images[i] = decode_image(data, size, self._image_limits)
-            except ImageError as exc:
-                raise RequestRejected(exc.reason, f"image[{i}]: {exc}") from None
-        texts = np.array([product_text(d, s) for d, s in zip(products.designations, products.descriptions)],
-                         dtype=object)
-        return {"text": texts, "image": images}
-
     async def preprocess(self, payload: InferRequest, headers: dict[str, str] | None = None) -> Prepared:
         self.batcher.incoming += 1
         try:
             products = decode_request(payload, self.settings.limits)
-            inputs = await asyncio.get_running_loop().run_in_executor(self._pool, self._prepare, products)
+            inputs = await asyncio.get_running_loop().run_in_executor(
+                self._pool, prepare, products, self.runner.spec.image_size, self._image_limits)
         except RequestRejected as exc:
             metrics.REJECTED.labels(reason=exc.reason, **self._name_label).inc()
             raise

@@ -64,14 +64,19 @@ def describe_files(bundle: Path) -> dict[str, dict]:
             for p in sorted(bundle.rglob("*")) if p.is_file() and p.name != MANIFEST}
 
 
-def publish(bundle: Path, uri: str, manifest: Manifest, progress: ProgressFn = print) -> str:
-    """Upload ``bundle`` as ``<uri>/<manifest.version>/``; return the version's URI."""
-    store = open_store(uri)
-    version = manifest.version
+def ensure_new_version(store: Store, version: str) -> None:
+    """Raise ``ArtifactError`` if ``version`` is malformed or already present (even partly)."""
     if not VERSION_PATTERN.match(version):
         raise ArtifactError(f"invalid version id {version!r}")
     if store.has_prefix(version):
         raise ArtifactError(f"version {version} already exists in {store.uri}: versions are never overwritten")
+
+
+def publish(bundle: Path, uri: str, manifest: Manifest, progress: ProgressFn = print) -> str:
+    """Upload ``bundle`` as ``<uri>/<manifest.version>/``; return the version's URI."""
+    store = open_store(uri)
+    version = manifest.version
+    ensure_new_version(store, version)
     manifest.files = describe_files(bundle)
     total = sum(entry["bytes"] for entry in manifest.files.values())
     sent = 0

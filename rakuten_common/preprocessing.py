@@ -63,7 +63,7 @@ def decode_image(data: bytes, size: int, limits: ImageLimits = ImageLimits()) ->
     Raises ``ImageError`` for oversize, unknown, corrupt, truncated or bomb images.
     """
     if len(data) > limits.max_bytes:
-        raise ImageError("image_too_large", f"image file is {len(data)} bytes, limit is {limits.max_bytes}")
+        raise ImageError("image_too_large", f"image file is {len(data)} bytes, limit is {limits.max_bytes} bytes")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

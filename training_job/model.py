@@ -56,7 +56,9 @@ def image_branch(image: keras.KerasTensor, config: ModelConfig) -> keras.KerasTe
     if config.backbone == "cnn":
         x = layers.Rescaling(1 / 255.0, name="image_scale")(image)
         for i, filters in enumerate(config.image_filters):
-            x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"image_conv{i}")(x)
+            x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"image_conv{i}")(x)
+            x = layers.BatchNormalization(name=f"image_bn{i}")(x)
+            x = layers.Activation("relu", name=f"image_relu{i}")(x)
             x = layers.MaxPooling2D(2, name=f"image_pool{i}")(x)
         x = layers.GlobalAveragePooling2D(name="image_gap")(x)
     else:

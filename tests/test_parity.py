@@ -1,0 +1,58 @@
+"""Training and serving pre-process a product identically and the model answers identically:
+the training loader's arrays vs the server's codec + prepare() on the same rows sent as V2."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from kserve.protocol.infer_type import InferRequest
+from kserve.protocol.rest.v2_datamodels import InferenceRequest
+
+from model_server.client import Product, infer_request
+from model_server.codec import RequestLimits, decode_request
+from model_server.model import prepare
+from model_server.runner import ModelRunner
+from rakuten_common.artifacts import fetch
+from rakuten_common.bundle import load_bundle
+from rakuten_common.preprocessing import ImageLimits
+from training_job.dataset import load_dataset
+from training_job.train import load_images, make_inputs
+
+
+@pytest.fixture(scope="module")
+def rows(sample_dir):
+    """Twelve raw CSV rows (with their image files), as a client would send them."""
+    data = load_dataset(sample_dir)
+    with open(sample_dir / "X_train_update.csv", encoding="utf-8") as f:
+        raw = {int(r[""]): r for r in csv.DictReader(f)}
+    positions = np.arange(12)
+    products = [Product(raw[int(data.row_ids[i])]["designation"], raw[int(data.row_ids[i])]["description"],
+                        data.image_paths[i].read_bytes()) for i in positions]
+    return data.subset(positions), products
+
+
+def served_inputs(products, image_size):
+    body = InferenceRequest.model_validate(infer_request(products))
+    request = InferRequest.from_inference_request(body, "rakuten-classifier")
+    return prepare(decode_request(request, RequestLimits()), image_size, ImageLimits())
+
+
+def test_text_and_image_arrays_are_identical(rows):
+    subset, products = rows
+    served = served_inputs(products, 64)
+    assert list(served["text"]) == list(subset.texts)
+    np.testing.assert_array_equal(served["image"], load_images(subset.image_paths, 64, workers=2))
+
+
+def test_model_outputs_are_identical(rows, published, s3, tmp_path, monkeypatch):
+    for key, value in s3.env.items():
+        monkeypatch.setenv(key, value)
+    bundle, _ = fetch(published.uri, tmp_path, progress=lambda _: None)
+    model, _, spec = load_bundle(bundle)
+    subset, products = rows
+    training_view = model.predict(make_inputs(subset.texts, load_images(subset.image_paths, spec.image_size, 2),
+                                              spec.inputs), verbose=0)
+    serving_view = ModelRunner(model, spec)(served_inputs(products, spec.image_size))
+    np.testing.assert_allclose(serving_view, training_view, atol=1e-5)
+    assert serving_view.shape == (12, 27)

@@ -1,0 +1,79 @@
+"""The training job as the container runs it: data -> fused model -> MLflow run -> S3 version."""
+from __future__ import annotations
+
+import json
+import re
+
+import boto3
+import mlflow
+import pytest
+
+from rakuten_common.labels import PRDTYPECODES
+from tests.conftest import BUCKET, run_training
+
+
+@pytest.fixture(scope="module")
+def run(published):
+    client = mlflow.MlflowClient(tracking_uri=published.tracking_uri)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "rakuten-classifier"]
+    (found,) = client.search_runs([experiment.experiment_id])
+    return client, found
+
+
+@pytest.fixture(scope="module")
+def manifest(published, s3):
+    s3_client = boto3.client("s3", endpoint_url=s3.url, region_name="us-east-1",
+                             aws_access_key_id="testing", aws_secret_access_key="testing")
+    prefix = published.uri.removeprefix(f"s3://{BUCKET}/")
+    keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]]
+    (manifest_key,) = [k for k in keys if k.endswith("/manifest.json")]
+    return json.loads(s3_client.get_object(Bucket=BUCKET, Key=manifest_key)["Body"].read()), keys
+
+
+def test_progress_and_missing_images_are_reported(published):
+    out = published.stdout
+    assert "2 rows have no image file and are left out" in out
+    assert re.search(r"Epoch 10/10", out) and "decoded" in out
+    assert re.search(r"uploaded model\.keras .*100%|uploaded .*100% of", out)
+    assert "is complete" in out
+
+
+def test_fused_model_beats_each_branch_alone(run):
+    _, found = run
+    metrics = found.data.metrics
+    fused, text, image = (metrics[f"val_{k}weighted_f1"] for k in ("", "text_only_", "image_only_"))
+    print(f"weighted F1 fused {fused:.3f}, text only {text:.3f}, image only {image:.3f}")
+    assert fused > text + 0.1 and fused > image + 0.1
+
+
+def test_mlflow_run_holds_params_metrics_figure_model_and_lineage(run, manifest):
+    client, found = run
+    data = found.data
+    assert data.params["model.image_size"] == "64" and data.params["epochs"] == "10"
+    for code in PRDTYPECODES:
+        assert {f"val_precision_{code}", f"val_recall_{code}", f"val_f1_{code}"} <= set(data.metrics)
+    assert data.tags["mlflow.source.git.commit"] and len(data.tags["dataset_fingerprint"]) == 64
+    artifacts = {a.path for a in client.list_artifacts(found.info.run_id)}
+    assert {"confusion_matrix.png", "model"} <= artifacts
+    model_files = {a.path for a in client.list_artifacts(found.info.run_id, "model")}
+    assert "model/model.keras" in model_files and "model/labels.json" in model_files
+    body, _ = manifest
+    assert body["mlflow_run_id"] == found.info.run_id
+    assert body["dataset_fingerprint"] == data.tags["dataset_fingerprint"]
+
+
+def test_published_version_layout(manifest):
+    body, keys = manifest
+    version = body["version"]
+    names = {k.split(f"/{version}/", 1)[1] for k in keys}
+    assert names == {"model.keras", "labels.json", "preprocessing.json", "vocabulary.txt", "manifest.json"}
+    assert set(body["files"]) == names - {"manifest.json"}
+    assert 0 < body["metrics"]["weighted_f1"] <= 1 and body["created_at"].endswith("Z")
+
+
+def test_an_existing_version_is_refused_before_training(published, manifest, s3, tmp_path):
+    body, _ = manifest
+    done = run_training(published.data_dir, published.uri, s3.env, tmp_path, extra=["--version", body["version"]])
+    assert done.returncode == 1
+    assert f"version {body['version']} already exists" in done.stderr
+    assert "Epoch" not in done.stdout
