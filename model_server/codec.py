@@ -13,7 +13,7 @@ import binascii
 from dataclasses import dataclass
 
 from kserve.errors import InvalidInput
-from kserve.protocol.infer_type import InferRequest
+from kserve.protocol.infer_type import InferRequest, to_http_parameters
 
 REQUIRED_INPUTS = ("designation", "image")
 OPTIONAL_INPUTS = ("description",)
@@ -49,14 +49,8 @@ class Products:
         return len(self.designations)
 
 
-def _parameters(obj) -> dict:
-    params = getattr(obj, "parameters", None) or {}
-    return {k: getattr(v, "bool_param", v) if not isinstance(v, (int, float, str, bool)) else v
-            for k, v in dict(params).items()}
-
-
 def _top_k(request: InferRequest, limits: RequestLimits) -> int:
-    value = _parameters(request).get("top_k", 1)
+    value = to_http_parameters(request.parameters or {}).get("top_k", 1)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limits.num_classes:
         raise RequestRejected("invalid_parameter",
                               f"parameter top_k must be an integer from 1 to {limits.num_classes}, got {value!r}")

@@ -1,0 +1,171 @@
+# Kubernetes on kind: cluster, add-ons, images, chart, training, calls, load test, e2e.
+# Step by step in docs/kubernetes.md; `make e2e` runs the whole chain (scripts/e2e.sh).
+# Every kubectl/helm call names the kind context explicitly, so no other cluster is touched.
+
+include k8s/versions.env
+
+CLUSTER_NAME  ?= rakuten
+KIND          ?= kind
+KIND_CONFIG   ?= kind-config.yaml
+# Empty: the node image pinned (by digest) in kind-config.yaml.
+KIND_NODE_IMAGE ?=
+# helm/kubectl from scripts/install-tools.sh (.tools/bin) when present, else from PATH.
+HELM          ?= $(if $(wildcard $(CURDIR)/.tools/bin/helm),$(CURDIR)/.tools/bin/helm,helm)
+KUBECTL       ?= $(if $(wildcard $(CURDIR)/.tools/bin/kubectl),$(CURDIR)/.tools/bin/kubectl,kubectl)
+KUBE_CONTEXT  ?= kind-$(CLUSTER_NAME)
+KUBECTL_CTX    = $(KUBECTL) --context $(KUBE_CONTEXT)
+HELM_CTX       = $(HELM) --kube-context $(KUBE_CONTEXT)
+
+NAMESPACE     ?= rakuten
+RELEASE       ?= rakuten-serving
+CHART         ?= charts/rakuten-serving
+KIND_VALUES   ?= $(CHART)/ci/kind-values.yaml
+# The images `make kind-load` loaded (mk/images.mk: REGISTRY, IMAGE_TAG), so that the chart
+# runs exactly those; set DEPLOY_IMAGE_ARGS= to keep the chart's own image settings.
+DEPLOY_IMAGE_ARGS ?= $(if $(IMAGE_TAG),--set-string training.image.registry=$(REGISTRY) \
+  --set-string training.image.tag=$(IMAGE_TAG) --set-string mlflow.image.registry=$(REGISTRY) \
+  --set-string mlflow.image.tag=$(IMAGE_TAG) --set-string predictor.image.registry=$(REGISTRY) \
+  --set-string predictor.image.tag=$(IMAGE_TAG))
+# Extra `helm upgrade` arguments for `make deploy`, e.g. DEPLOY_ARGS="--set training.cronjob.enabled=true"
+DEPLOY_ARGS   ?=
+MONITORING_NAMESPACE ?= monitoring
+MONITORING_RELEASE   ?= kube-prometheus-stack
+MONITORING_VALUES    ?= charts/kube-prometheus-stack-values.yaml
+KSERVE_NAMESPACE     ?= kserve
+# KServe <= 0.16 published the controller chart as `kserve`; 0.17+ as `kserve-resources`.
+KSERVE_CHART_REPO    ?= oci://ghcr.io/kserve/charts
+KSERVE_CHART         ?= kserve-resources
+CERT_MANAGER_MANIFEST ?= https://github.com/cert-manager/cert-manager/releases/download/$(CERT_MANAGER_VERSION)/cert-manager.yaml
+HELM_TIMEOUT    ?= 10m
+ROLLOUT_TIMEOUT ?= 300s
+
+# Host ports of kind-config.yaml (NodePorts of the chart's kind scenario).
+MODEL_URL     ?= http://127.0.0.1:30080
+GRAFANA_URL   ?= http://127.0.0.1:30300
+MINIO_URL     ?= http://127.0.0.1:30901
+MLFLOW_URL    ?= http://127.0.0.1:30500
+CALL_DESIGNATION ?= Piscine tubulaire ronde 300 x 76 cm avec pompe de filtration
+CALL_SAMPLE_DIR  ?= build/call-model-sample
+
+# What scripts/e2e.sh needs to address the same cluster as these targets.
+E2E_ENV = CLUSTER_NAME='$(CLUSTER_NAME)' KIND='$(KIND)' KUBECTL='$(KUBECTL)' HELM='$(HELM)' \
+          KUBE_CONTEXT='$(KUBE_CONTEXT)' NAMESPACE='$(NAMESPACE)' RELEASE='$(RELEASE)' \
+          MONITORING_NAMESPACE='$(MONITORING_NAMESPACE)' MODEL_URL='$(MODEL_URL)' PY='$(PY)' MAKE='$(MAKE)'
+
+.PHONY: cluster-create cluster-delete cluster-addons addon-namespaces addon-cert-manager \
+        addon-metrics-server addon-monitoring addon-kserve addon-keda kind-load deploy cluster-up \
+        train-job call-model loadtest-cluster grafana cluster-diagnostics e2e
+
+cluster-create: ## Create the kind cluster CLUSTER_NAME (1 control plane + 2 workers); no-op if it exists
+	@command -v $(KIND) >/dev/null 2>&1 || { echo "kind not found (KIND=$(KIND)): see docs/kubernetes.md, Prerequisites" >&2; exit 1; }
+	@if $(KIND) get clusters 2>/dev/null | grep -qx '$(CLUSTER_NAME)'; then \
+	  echo "kind cluster '$(CLUSTER_NAME)' already exists"; \
+	else \
+	  echo "creating kind cluster '$(CLUSTER_NAME)' from $(KIND_CONFIG) (kind $(KIND_VERSION), Kubernetes $(KUBERNETES_VERSION))"; \
+	  $(KIND) create cluster --name '$(CLUSTER_NAME)' --config '$(KIND_CONFIG)' \
+	    $(if $(KIND_NODE_IMAGE),--image '$(KIND_NODE_IMAGE)') --wait 180s; \
+	fi
+	$(KUBECTL_CTX) get nodes -o wide
+
+cluster-delete: ## Delete the kind cluster CLUSTER_NAME (and everything in it)
+	$(KIND) delete cluster --name '$(CLUSTER_NAME)'
+
+cluster-addons: ## Install the add-ons: namespaces, cert-manager, metrics-server, monitoring, KServe
+	@$(MAKE) --no-print-directory addon-namespaces
+	@$(MAKE) --no-print-directory addon-cert-manager
+	@$(MAKE) --no-print-directory addon-metrics-server
+	@$(MAKE) --no-print-directory addon-monitoring
+	@$(MAKE) --no-print-directory addon-kserve
+	@echo "add-ons ready: cert-manager $(CERT_MANAGER_VERSION), metrics-server chart $(METRICS_SERVER_CHART_VERSION), kube-prometheus-stack $(KUBE_PROMETHEUS_STACK_VERSION), KServe $(KSERVE_VERSION) (Standard mode)"
+
+addon-namespaces: ## Create the namespaces rakuten, monitoring and kserve (k8s/namespaces.yaml)
+	$(KUBECTL_CTX) apply -f k8s/namespaces.yaml
+
+addon-cert-manager: ## Install cert-manager (pinned release manifest) and wait for its webhook
+	$(KUBECTL_CTX) apply -f $(CERT_MANAGER_MANIFEST)
+	@for d in cert-manager cert-manager-cainjector cert-manager-webhook; do \
+	  $(KUBECTL_CTX) -n cert-manager rollout status deployment/$$d --timeout=$(ROLLOUT_TIMEOUT) || exit 1; \
+	done
+
+addon-metrics-server: ## Install metrics-server for kind (--kubelet-insecure-tls) so that the HPA gets CPU metrics
+	$(HELM_CTX) upgrade --install metrics-server metrics-server \
+	  --repo https://kubernetes-sigs.github.io/metrics-server/ --version $(METRICS_SERVER_CHART_VERSION) \
+	  --namespace kube-system -f k8s/metrics-server-values.yaml --wait --timeout $(HELM_TIMEOUT)
+	$(KUBECTL_CTX) -n kube-system rollout status deployment/metrics-server --timeout=$(ROLLOUT_TIMEOUT)
+
+addon-monitoring: ## Install kube-prometheus-stack (Prometheus operator, Prometheus, Grafana) into MONITORING_NAMESPACE
+	@test -f '$(MONITORING_VALUES)' || { echo "missing $(MONITORING_VALUES)" >&2; exit 1; }
+	$(HELM_CTX) upgrade --install $(MONITORING_RELEASE) kube-prometheus-stack \
+	  --repo https://prometheus-community.github.io/helm-charts --version $(KUBE_PROMETHEUS_STACK_VERSION) \
+	  --namespace $(MONITORING_NAMESPACE) --create-namespace -f '$(MONITORING_VALUES)' \
+	  --wait --timeout 15m
+
+addon-kserve: ## Install the KServe CRDs and controller (OCI Helm charts, Standard mode, k8s/kserve-values.yaml)
+	$(HELM_CTX) upgrade --install kserve-crd $(KSERVE_CHART_REPO)/kserve-crd --version $(KSERVE_VERSION) \
+	  --namespace $(KSERVE_NAMESPACE) --create-namespace --wait --timeout $(HELM_TIMEOUT)
+	@# The first install can race cert-manager's webhook CA injection: retry a few times.
+	@for attempt in 1 2 3; do \
+	  echo "$(HELM) upgrade --install kserve $(KSERVE_CHART_REPO)/$(KSERVE_CHART) --version $(KSERVE_VERSION) (attempt $$attempt)"; \
+	  $(HELM_CTX) upgrade --install kserve $(KSERVE_CHART_REPO)/$(KSERVE_CHART) --version $(KSERVE_VERSION) \
+	    --namespace $(KSERVE_NAMESPACE) -f k8s/kserve-values.yaml --wait --timeout $(HELM_TIMEOUT) && exit 0; \
+	  sleep 20; \
+	done; echo "KServe install failed 3 times" >&2; exit 1
+	$(KUBECTL_CTX) -n $(KSERVE_NAMESPACE) rollout status deployment/kserve-controller-manager --timeout=$(ROLLOUT_TIMEOUT)
+
+addon-keda: ## Optional: install KEDA (autoscaling on Prometheus queries, e.g. in-flight requests)
+	$(HELM_CTX) upgrade --install keda keda --repo https://kedacore.github.io/charts --version $(KEDA_CHART_VERSION) \
+	  --namespace keda --create-namespace -f k8s/keda-values.yaml --wait --timeout $(HELM_TIMEOUT)
+
+kind-load: ## Load TRAINING_IMAGE and SERVER_IMAGE into the kind nodes (build them first: make images)
+	@test -n '$(TRAINING_IMAGE)' -a -n '$(SERVER_IMAGE)' || { echo "TRAINING_IMAGE/SERVER_IMAGE are not set (mk/images.mk)" >&2; exit 1; }
+	@for image in '$(TRAINING_IMAGE)' '$(SERVER_IMAGE)'; do \
+	  docker image inspect "$$image" >/dev/null 2>&1 || { echo "image $$image not found locally: run make images" >&2; exit 1; }; \
+	done
+	$(KIND) load docker-image --name '$(CLUSTER_NAME)' '$(TRAINING_IMAGE)' '$(SERVER_IMAGE)'
+
+deploy: ## helm upgrade --install the chart into NAMESPACE with the kind scenario values (KIND_VALUES)
+	@test -f '$(CHART)/Chart.yaml' || { echo "no chart at $(CHART)" >&2; exit 1; }
+	@test -f '$(KIND_VALUES)' || { echo "no kind scenario values at $(KIND_VALUES)" >&2; exit 1; }
+	$(HELM_CTX) upgrade --install $(RELEASE) '$(CHART)' --namespace $(NAMESPACE) --create-namespace \
+	  -f '$(KIND_VALUES)' $(DEPLOY_IMAGE_ARGS) $(DEPLOY_ARGS) --timeout $(HELM_TIMEOUT)
+	@echo "deployed. Training: make train-job | model: make call-model ($(MODEL_URL)) | MLflow $(MLFLOW_URL) | MinIO $(MINIO_URL) | make grafana"
+
+cluster-up: ## Everything up to a deployed chart: cluster-create, images, kind-load, cluster-addons, deploy
+	@$(MAKE) --no-print-directory cluster-create
+	@$(MAKE) --no-print-directory images
+	@$(MAKE) --no-print-directory kind-load
+	@$(MAKE) --no-print-directory cluster-addons
+	@$(MAKE) --no-print-directory deploy
+
+train-job: ## Re-run the training (new Job from the CronJob or the chart's Job), wait for it, show its logs
+	@$(E2E_ENV) bash scripts/e2e.sh train-job
+
+call-model: ## Classify one product through the kind NodePort (MODEL_URL) with the V2 client
+	@image="$$(find '$(DATA_DIR)' -name '*.jpg' -print -quit 2>/dev/null)"; \
+	if [ -z "$$image" ]; then \
+	  image="$$(find '$(CALL_SAMPLE_DIR)' -name '*.jpg' -print -quit 2>/dev/null)"; \
+	fi; \
+	if [ -z "$$image" ]; then \
+	  echo "no sample image yet: generating a few into $(CALL_SAMPLE_DIR)"; \
+	  $(PY) -m training_job.sample_data --out '$(CALL_SAMPLE_DIR)' --rows 1 --test-rows 0 >/dev/null || exit 1; \
+	  image="$$(find '$(CALL_SAMPLE_DIR)' -name '*.jpg' -print -quit)"; \
+	fi; \
+	echo "POST $(MODEL_URL)/v2/models/rakuten-classifier/infer  (image $$image)"; \
+	$(PY) -m model_server.client --url '$(MODEL_URL)' --designation '$(CALL_DESIGNATION)' --image "$$image"
+
+loadtest-cluster: ## Locust load test against the model on the kind NodePort (make loadtest HOST=MODEL_URL)
+	$(MAKE) --no-print-directory loadtest HOST=$(MODEL_URL)
+
+grafana: ## Print the Grafana URL and admin credentials of the kind cluster
+	@secret="$$($(KUBECTL_CTX) -n $(MONITORING_NAMESPACE) get secret -l app.kubernetes.io/name=grafana -o name 2>/dev/null | head -n 1)"; \
+	test -n "$$secret" || { echo "no Grafana secret in namespace $(MONITORING_NAMESPACE): run make addon-monitoring" >&2; exit 1; }; \
+	user="$$($(KUBECTL_CTX) -n $(MONITORING_NAMESPACE) get "$$secret" -o jsonpath='{.data.admin-user}' | base64 -d)"; \
+	password="$$($(KUBECTL_CTX) -n $(MONITORING_NAMESPACE) get "$$secret" -o jsonpath='{.data.admin-password}' | base64 -d)"; \
+	echo "Grafana:  $(GRAFANA_URL)   user: $$user   password: $$password"; \
+	echo "Dashboard: \"Rakuten product classifier (KServe)\". Prometheus: $(KUBECTL) --context $(KUBE_CONTEXT) -n $(MONITORING_NAMESPACE) port-forward --address 127.0.0.1 svc/prometheus-operated 9090"
+
+cluster-diagnostics: ## Collect kubectl get/describe/logs of the kind cluster into build/e2e-diagnostics
+	@$(E2E_ENV) bash scripts/e2e.sh diagnostics
+
+e2e: ## Whole chain on a fresh kind cluster (scripts/e2e.sh; KEEP_CLUSTER=1 keeps the cluster)
+	@$(E2E_ENV) bash scripts/e2e.sh
