@@ -6,7 +6,7 @@ import sys
 
 import kserve
 
-from model_server import binary
+from model_server import app
 from model_server.model import RakutenClassifier
 from model_server.settings import build_parser, settings_from
 from rakuten_common.artifacts import ArtifactError
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     server = kserve.ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, workers=1,
                                 enable_grpc=args.enable_grpc)
-    binary.install(kserve.model_server.app, server.dataplane)
+    app.extend(kserve.model_server.app, server.dataplane)
     server.start([model])
     return 0
 

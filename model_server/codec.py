@@ -21,11 +21,12 @@ INPUT_NAMES = REQUIRED_INPUTS + OPTIONAL_INPUTS
 
 
 class RequestRejected(InvalidInput):
-    """A client error; ``reason`` is the label counted in ``rakuten_rejected_requests_total``."""
+    """A client error (HTTP 400). ``kind`` is its ``reason`` label in ``rakuten_rejected_requests_total``;
+    the message (``InvalidInput.reason``, sent to the client) names the problem."""
 
-    def __init__(self, reason: str, message: str):
+    def __init__(self, kind: str, message: str):
         super().__init__(message)
-        self.reason = reason
+        self.kind = kind
 
 
 @dataclass(frozen=True)

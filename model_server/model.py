@@ -105,7 +105,7 @@ class RakutenClassifier(kserve.Model):
             inputs = await asyncio.get_running_loop().run_in_executor(
                 self._pool, prepare, products, self.runner.spec.image_size, self._image_limits)
         except RequestRejected as exc:
-            metrics.REJECTED.labels(reason=exc.reason, **self._name_label).inc()
+            metrics.REJECTED.labels(reason=exc.kind, **self._name_label).inc()
             raise
         finally:
             self.batcher.incoming -= 1

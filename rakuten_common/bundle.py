@@ -31,6 +31,9 @@ def save_bundle(model, labels: LabelMap, spec: PreprocessingSpec, vocabulary: li
     """Write the model, label map, preprocessing spec and vocabulary into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    # Serving needs no optimizer state and the .keras format has no include_optimizer switch:
+    # detach it so the bundle holds the architecture and weights only (about a third the size).
+    model.optimizer = None
     model.save(out / MODEL_FILE)
     labels.save(out)
     (out / PREPROCESSING_FILE).write_text(json.dumps({

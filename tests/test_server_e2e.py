@@ -194,8 +194,11 @@ def test_binary_payload_errors_are_4xx(limited_server_url):
 
 def test_rejections_are_counted_by_reason(limited_server_url):
     call(limited_server_url, BAD_REQUESTS["invalid_base64"][0])
+    call(limited_server_url, BAD_REQUESTS["malformed_json"][0])
     with urllib.request.urlopen(f"{limited_server_url}/metrics") as r:
         text = r.read().decode()
-    assert re.search(r'rakuten_rejected_requests_total\{model_name="rakuten-classifier",reason="invalid_base64"\} [1-9]', text)
+    for reason in ("invalid_base64", "malformed_request"):
+        assert re.search(r'rakuten_rejected_requests_total\{model_name="rakuten-classifier",reason="%s"\} [1-9]' % reason,
+                         text), reason
     assert "rakuten_batch_size_bucket" in text and "request_predict_seconds_bucket" in text
     assert re.search(r'rakuten_predictions_total\{model_name="rakuten-classifier",prdtypecode="\d+"\} [1-9]', text)

@@ -46,7 +46,7 @@ def make_vectorizer(config: ModelConfig) -> layers.TextVectorization:
 def text_branch(text: keras.KerasTensor, vectorizer: layers.TextVectorization,
                 config: ModelConfig) -> keras.KerasTensor:
     x = vectorizer(text)
-    x = layers.Embedding(config.max_tokens, config.embedding_dim, name="text_embedding")(x)
+    x = layers.Embedding(vectorizer.vocabulary_size(), config.embedding_dim, name="text_embedding")(x)
     x = layers.Conv1D(config.text_filters, 5, padding="same", activation="relu", name="text_conv")(x)
     x = layers.GlobalMaxPooling1D(name="text_pool")(x)
     return layers.Dropout(config.dropout, name="text_dropout")(x)
