@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 
 import kserve
 
@@ -12,8 +13,12 @@ from model_server.settings import build_parser, settings_from
 from rakuten_common.artifacts import ArtifactError
 
 
+# KServe 0.21's app uses ORJSONResponse, which FastAPI deprecates with a warning on every response.
+warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args, _ = build_parser().parse_known_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.workers != 1:
         logging.getLogger("rakuten.model_server").warning(
@@ -26,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("rakuten.model_server").error("cannot load a model: %s", exc)
         return 1
     server = kserve.ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, workers=1,
-                                enable_grpc=args.enable_grpc)
+                                enable_grpc=args.enable_grpc, enable_latency_logging=args.enable_latency_logging)
     app.extend(kserve.model_server.app, server.dataplane)
     server.start([model])
     return 0

@@ -32,7 +32,8 @@ def _env(name: str, default):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m model_server", parents=[kserve.model_server.parser],
                                      description="KServe V2 predictor for the Rakuten product classifier.")
-    parser.set_defaults(model_name=_env("MODEL_NAME", MODEL_NAME))
+    # One latency log line per request is noise at hundreds of requests/s; /metrics has the figures.
+    parser.set_defaults(model_name=_env("MODEL_NAME", MODEL_NAME), enable_latency_logging=False)
     a = parser.add_argument
     a("--model_uri", default=_env("MODEL_URI", _env("STORAGE_URI", "/mnt/models")),
       help="model folder, prefix of versions, or s3://bucket/prefix [MODEL_URI]")

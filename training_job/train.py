@@ -108,7 +108,7 @@ def fit_and_evaluate(config: TrainConfig, model_config: ModelConfig, train: Data
         (make_inputs(val.texts, val_images, model_config.branches), y_val)).batch(config.batch_size)
     log(f"Training {'+'.join(model_config.branches)} model ({model.count_params():,} parameters) "
         f"for {config.epochs} epochs on {len(y_train)} rows, validating on {len(y_val)}")
-    model.fit(train_data, validation_data=val_data, epochs=config.epochs, verbose=2,
+    model.fit(train_data, validation_data=val_data, epochs=config.epochs, verbose=2, shuffle=False,
               class_weight=class_weights(y_train, len(labels)),
               callbacks=[tracking.EpochMetrics(prefix)])
     predicted = np.argmax(model.predict(val_data, verbose=0), axis=1)
