@@ -1,0 +1,290 @@
+{{/* vim: set filetype=mustache: */}}
+
+{{/*
+Chart name, truncated to 63 characters (DNS label).
+*/}}
+{{- define "rakuten-serving.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Full name: <release>-<chart>, or the release name alone when it already contains the chart name.
+Kept to 52 characters so that "-predictor", "-minio-bucket" etc. still fit in 63.
+*/}}
+{{- define "rakuten-serving.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 52 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "rakuten-serving.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Standard labels. Usage: include "rakuten-serving.labels" (dict "context" $ "component" "minio")
+*/}}
+{{- define "rakuten-serving.labels" -}}
+helm.sh/chart: {{ include "rakuten-serving.chart" .context }}
+{{ include "rakuten-serving.selectorLabels" . }}
+app.kubernetes.io/version: {{ .context.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .context.Release.Service }}
+app.kubernetes.io/part-of: rakuten-serving
+{{- with .context.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Selector labels (immutable once deployed). Usage as for "rakuten-serving.labels".
+*/}}
+{{- define "rakuten-serving.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "rakuten-serving.name" .context }}
+app.kubernetes.io/instance: {{ .context.Release.Name }}
+{{- if .component }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+{{- end -}}
+
+{{/*
+metadata.annotations from commonAnnotations merged with extra ones.
+Usage: include "rakuten-serving.annotations" (dict "context" $ "extra" $someMap)
+*/}}
+{{- define "rakuten-serving.annotations" -}}
+{{- $all := merge (deepCopy (.extra | default dict)) (deepCopy (.context.Values.commonAnnotations | default dict)) -}}
+{{- if $all }}
+annotations:
+  {{- toYaml $all | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Image reference. Usage: include "rakuten-serving.image" (dict "image" .Values.minio.image "global" .Values.global)
+registry/repository:tag, or @digest when a digest is given; global.imageRegistry overrides the registry.
+*/}}
+{{- define "rakuten-serving.image" -}}
+{{- $registry := .image.registry -}}
+{{- if and .global .global.imageRegistry -}}
+{{- $registry = .global.imageRegistry -}}
+{{- end -}}
+{{- $repository := .image.repository -}}
+{{- if $registry -}}
+{{- $repository = printf "%s/%s" $registry .image.repository -}}
+{{- end -}}
+{{- if .image.digest -}}
+{{- printf "%s@%s" $repository .image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repository (toString .image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "rakuten-serving.imagePullSecrets" -}}
+{{- with .Values.global.imagePullSecrets }}
+imagePullSecrets:
+  {{- range . }}
+  - name: {{ . }}
+  {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* ---- Names of the objects --------------------------------------------------------- */}}
+
+{{- define "rakuten-serving.minio.fullname" -}}
+{{- printf "%s-minio" (include "rakuten-serving.fullname" .) -}}
+{{- end -}}
+
+{{- define "rakuten-serving.mlflow.fullname" -}}
+{{- printf "%s-mlflow" (include "rakuten-serving.fullname" .) -}}
+{{- end -}}
+
+{{- define "rakuten-serving.training.fullname" -}}
+{{- printf "%s-train" (include "rakuten-serving.fullname" .) -}}
+{{- end -}}
+
+{{- define "rakuten-serving.scripts.fullname" -}}
+{{- printf "%s-scripts" (include "rakuten-serving.fullname" .) -}}
+{{- end -}}
+
+{{/* Name of the InferenceService; KServe names its predictor Deployment/Service "<name>-predictor". */}}
+{{- define "rakuten-serving.isvcName" -}}
+{{- default (include "rakuten-serving.fullname" .) .Values.predictor.inferenceServiceName | trunc 45 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* In-cluster Service of the predictor that KServe creates (port 80 -> 8080). */}}
+{{- define "rakuten-serving.predictorServiceName" -}}
+{{- printf "%s-predictor" (include "rakuten-serving.isvcName" .) -}}
+{{- end -}}
+
+{{/* Labels KServe puts on the predictor pods (serving.kserve.io/inferenceservice + component). */}}
+{{- define "rakuten-serving.predictorPodSelector" -}}
+serving.kserve.io/inferenceservice: {{ include "rakuten-serving.isvcName" . }}
+component: predictor
+{{- end -}}
+
+{{/* Name of the ServiceAccount of the predictor (lists the S3 Secret for the storage initializer). */}}
+{{- define "rakuten-serving.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (printf "%s-predictor" (include "rakuten-serving.fullname" .)) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* ServiceAccount of the jobs, MinIO and MLflow: no API access, no token. */}}
+{{- define "rakuten-serving.workloadServiceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- printf "%s-workload" (include "rakuten-serving.fullname" .) -}}
+{{- else -}}
+default
+{{- end -}}
+{{- end -}}
+
+{{/* ---- Credentials and S3 wiring ---------------------------------------------------- */}}
+
+{{/* Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (the key names KServe looks for). */}}
+{{- define "rakuten-serving.secretName" -}}
+{{- default (printf "%s-s3" (include "rakuten-serving.fullname" .)) .Values.auth.existingSecret -}}
+{{- end -}}
+
+{{/* host:port of the S3 API, as KServe's s3-endpoint annotation wants it. */}}
+{{- define "rakuten-serving.s3.endpoint" -}}
+{{- if .Values.s3.endpoint -}}
+{{- .Values.s3.endpoint -}}
+{{- else if .Values.minio.enabled -}}
+{{- printf "%s.%s:%d" (include "rakuten-serving.minio.fullname" .) .Release.Namespace (int .Values.minio.service.ports.api) -}}
+{{- else -}}
+{{- fail "s3.endpoint is required when minio.enabled is false" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "rakuten-serving.s3.url" -}}
+{{- printf "%s://%s" (ternary "https" "http" .Values.s3.useHttps) (include "rakuten-serving.s3.endpoint" .) -}}
+{{- end -}}
+
+{{/* The one place the model location is defined: the training Job writes it, KServe reads it. */}}
+{{- define "rakuten-serving.modelUri" -}}
+{{- printf "s3://%s/%s" .Values.s3.bucket (trimAll "/" .Values.s3.prefix) -}}
+{{- end -}}
+
+{{/* Environment of every S3 client of the chart (boto3, mlflow, KServe-style variables). */}}
+{{- define "rakuten-serving.s3.env" -}}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "rakuten-serving.secretName" . }}
+      key: AWS_ACCESS_KEY_ID
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "rakuten-serving.secretName" . }}
+      key: AWS_SECRET_ACCESS_KEY
+- name: AWS_ENDPOINT_URL
+  value: {{ include "rakuten-serving.s3.url" . | quote }}
+- name: MLFLOW_S3_ENDPOINT_URL
+  value: {{ include "rakuten-serving.s3.url" . | quote }}
+- name: S3_USE_HTTPS
+  value: {{ ternary "1" "0" .Values.s3.useHttps | quote }}
+- name: S3_VERIFY_SSL
+  value: {{ ternary "1" "0" .Values.s3.verifySsl | quote }}
+- name: AWS_DEFAULT_REGION
+  value: {{ .Values.s3.region | quote }}
+{{- end -}}
+
+{{/* MLflow tracking URI given to training. */}}
+{{- define "rakuten-serving.mlflow.trackingUri" -}}
+{{- if .Values.mlflow.enabled -}}
+{{- printf "http://%s:%d" (include "rakuten-serving.mlflow.fullname" .) (int .Values.mlflow.service.ports.http) -}}
+{{- else -}}
+{{- default "sqlite:////tmp/mlflow.db" .Values.mlflow.externalTrackingUri -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Host headers MLflow accepts: its Service names (with and without port) and localhost (port-forward, NodePort). */}}
+{{- define "rakuten-serving.mlflow.allowedHosts" -}}
+{{- $svc := include "rakuten-serving.mlflow.fullname" . -}}
+{{- $hosts := list $svc (printf "%s:*" $svc) (printf "%s.%s" $svc .Release.Namespace) (printf "%s.%s:*" $svc .Release.Namespace) (printf "%s.%s.svc*" $svc .Release.Namespace) "localhost" "localhost:*" "127.0.0.1" "127.0.0.1:*" -}}
+{{- concat $hosts .Values.mlflow.allowedHosts | uniq | join "," -}}
+{{- end -}}
+
+{{/* ---- Pod building blocks ---------------------------------------------------------- */}}
+
+{{/* /tmp emptyDir (every container runs with a read-only root filesystem). */}}
+{{- define "rakuten-serving.tmpVolume" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .sizeLimit | default "256Mi" }}
+{{- end -}}
+
+{{- define "rakuten-serving.scriptsVolume" -}}
+- name: scripts
+  configMap:
+    name: {{ include "rakuten-serving.scripts.fullname" . }}
+    defaultMode: 0444
+{{- end -}}
+
+{{/* Port of the predictor container that serves /metrics, as seen in the pod (Knative renames it). */}}
+{{- define "rakuten-serving.predictor.metricsPortName" -}}
+{{- if eq .Values.predictor.deploymentMode "Knative" -}}user-port{{- else -}}http1{{- end -}}
+{{- end -}}
+
+{{/* ---- Validation -------------------------------------------------------------------- */}}
+
+{{- define "rakuten-serving.validateValues" -}}
+{{- if and (not .Values.minio.enabled) (not .Values.s3.endpoint) -}}
+{{- fail "s3.endpoint is required when minio.enabled is false" -}}
+{{- end -}}
+{{- if and (eq .Values.predictor.deploymentMode "Standard") (has .Values.predictor.autoscaling.scaleMetric (list "concurrency" "rps")) (eq .Values.predictor.autoscaling.autoscalerClass "hpa") -}}
+{{- fail "predictor.autoscaling.scaleMetric concurrency/rps needs deploymentMode Knative (Standard + hpa scales on cpu or memory; use autoscalerClass keda for request load)" -}}
+{{- end -}}
+{{- if and (eq .Values.predictor.deploymentMode "Knative") (has .Values.predictor.autoscaling.scaleMetric (list "cpu" "memory")) -}}
+{{- fail "predictor.autoscaling.scaleMetric must be concurrency or rps in Knative mode" -}}
+{{- end -}}
+{{- if gt (int .Values.predictor.autoscaling.minReplicas) (int .Values.predictor.autoscaling.maxReplicas) -}}
+{{- fail "predictor.autoscaling.minReplicas must not exceed maxReplicas" -}}
+{{- end -}}
+{{- if and (eq (int .Values.predictor.autoscaling.minReplicas) 0) (eq .Values.predictor.deploymentMode "Standard") (eq .Values.predictor.autoscaling.autoscalerClass "hpa") -}}
+{{- fail "predictor.autoscaling.minReplicas 0 (scale to zero) needs deploymentMode Knative or autoscalerClass keda" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* ---- NetworkPolicy building blocks ---------------------------------------------- */}}
+
+{{/* Egress to the cluster DNS (any resolver on port 53: kube-dns, node-local-dns). */}}
+{{- define "rakuten-serving.networkPolicy.dnsEgress" -}}
+- ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+{{- end -}}
+
+{{/* Egress to the S3 API: the bundled MinIO pods, or any address on the external endpoint's port. */}}
+{{- define "rakuten-serving.networkPolicy.s3Egress" -}}
+{{- if .Values.minio.enabled }}
+- to:
+    - podSelector:
+        matchLabels:
+          {{- include "rakuten-serving.selectorLabels" (dict "context" $ "component" "minio") | nindent 10 }}
+  ports:
+    - port: {{ .Values.minio.containerPorts.api }}
+      protocol: TCP
+{{- else }}
+{{- $port := regexFind "[0-9]+$" .Values.s3.endpoint | default (ternary "443" "80" .Values.s3.useHttps) }}
+- ports:
+    - port: {{ $port }}
+      protocol: TCP
+{{- end }}
+{{- end -}}
+
+{{/* Labels of every pod of this release (the chart's own and, via spec.predictor.labels, the predictor's). */}}
+{{- define "rakuten-serving.networkPolicy.releasePods" -}}
+app.kubernetes.io/name: {{ include "rakuten-serving.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}

@@ -1,0 +1,117 @@
+{{/*
+Pod template of the training Job and CronJob: wait for the bucket (and MLflow), then
+`python -m training_job`, which trains, logs to MLflow and publishes a new version under
+MODEL_URI (manifest.json written last).
+*/}}
+{{- define "rakuten-serving.training.podTemplate" -}}
+metadata:
+  labels:
+    {{- include "rakuten-serving.labels" (dict "context" $ "component" "training") | nindent 4 }}
+  annotations:
+    checksum/scripts: {{ include (print $.Template.BasePath "/configmap.yaml") . | sha256sum }}
+    {{- with .Values.training.podAnnotations }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+spec:
+  restartPolicy: Never
+  serviceAccountName: {{ include "rakuten-serving.workloadServiceAccountName" . }}
+  automountServiceAccountToken: false
+  {{- with include "rakuten-serving.imagePullSecrets" . }}{{ . | trim | nindent 2 }}{{ end }}
+  securityContext:
+    {{- toYaml .Values.training.podSecurityContext | nindent 4 }}
+  {{- with .Values.training.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.training.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.training.affinity }}
+  affinity:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  initContainers:
+    - name: wait-for-dependencies
+      image: {{ include "rakuten-serving.image" (dict "image" .Values.training.image "global" .Values.global) }}
+      imagePullPolicy: {{ .Values.training.image.pullPolicy }}
+      command:
+        - python
+        - /scripts/wait_for.py
+        - --bucket={{ .Values.s3.bucket }}
+        {{- if .Values.mlflow.enabled }}
+        - --url={{ include "rakuten-serving.mlflow.trackingUri" . }}/health
+        {{- end }}
+        - --timeout={{ .Values.training.waitTimeoutSeconds }}
+      env:
+        - name: HOME
+          value: /tmp
+        {{- include "rakuten-serving.s3.env" . | nindent 8 }}
+      resources:
+        {{- toYaml .Values.training.initResources | nindent 8 }}
+      securityContext:
+        {{- toYaml .Values.training.containerSecurityContext | nindent 8 }}
+      volumeMounts:
+        - name: scripts
+          mountPath: /scripts
+          readOnly: true
+        - name: tmp
+          mountPath: /tmp
+  containers:
+    - name: train
+      image: {{ include "rakuten-serving.image" (dict "image" .Values.training.image "global" .Values.global) }}
+      imagePullPolicy: {{ .Values.training.image.pullPolicy }}
+      command: ["python", "-m", "training_job"]
+      {{- with .Values.training.extraArgs }}
+      args:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      env:
+        - name: DATA_DIR
+          value: /data
+        - name: MODEL_URI
+          value: {{ include "rakuten-serving.modelUri" . | quote }}
+        - name: GENERATE_SAMPLE_ROWS
+          value: {{ .Values.training.data.generateSampleRows | int64 | quote }}
+        - name: EPOCHS
+          value: {{ .Values.training.epochs | int64 | quote }}
+        - name: IMAGE_SIZE
+          value: {{ .Values.training.imageSize | int64 | quote }}
+        - name: MLFLOW_TRACKING_URI
+          value: {{ include "rakuten-serving.mlflow.trackingUri" . | quote }}
+        - name: MLFLOW_EXPERIMENT_NAME
+          value: {{ .Values.training.experimentName | quote }}
+        - name: HOME
+          value: /tmp
+        - name: MPLCONFIGDIR
+          value: /tmp/matplotlib
+        - name: TF_CPP_MIN_LOG_LEVEL
+          value: "2"
+        {{- include "rakuten-serving.s3.env" . | nindent 8 }}
+        {{- with .Values.training.extraEnv }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      resources:
+        {{- toYaml .Values.training.resources | nindent 8 }}
+      securityContext:
+        {{- toYaml .Values.training.containerSecurityContext | nindent 8 }}
+      volumeMounts:
+        - name: data
+          mountPath: /data
+          {{- with .Values.training.data.subPath }}
+          subPath: {{ . }}
+          {{- end }}
+        - name: tmp
+          mountPath: /tmp
+  volumes:
+    - name: data
+      {{- if .Values.training.data.existingClaim }}
+      persistentVolumeClaim:
+        claimName: {{ .Values.training.data.existingClaim }}
+      {{- else }}
+      emptyDir:
+        sizeLimit: {{ .Values.training.data.emptyDirSizeLimit }}
+      {{- end }}
+    {{- include "rakuten-serving.tmpVolume" (dict "sizeLimit" "2Gi") | nindent 4 }}
+    {{- include "rakuten-serving.scriptsVolume" . | nindent 4 }}
+{{- end -}}
