@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     server = kserve.ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, workers=1,
                                 enable_grpc=args.enable_grpc, enable_latency_logging=args.enable_latency_logging)
-    app.extend(kserve.model_server.app, server.dataplane)
+    app.extend(kserve.model_server.app, server.dataplane, model.name)
     server.start([model])
     return 0
 

@@ -16,6 +16,33 @@ async def count_malformed_request(request: Request, exc: RequestValidationError)
     return await request_validation_exception_handler(request, exc)
 
 
-def extend(app: FastAPI, dataplane) -> None:
+class CountInferRequests:
+    """ASGI middleware: ``rakuten_requests_total{status}`` for every answer to our infer route,
+    including those FastAPI or KServe give before the model runs (422, 400, 503, 500)."""
+
+    def __init__(self, app, model_name: str):
+        self.app = app
+        self.model_name = model_name
+        self.path = f"/v2/models/{model_name}/infer"
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] != self.path:
+            return await self.app(scope, receive, send)
+        status = 500
+
+        async def record_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            metrics.REQUESTS.labels(model_name=self.model_name, status=str(status)).inc()
+
+
+def extend(app: FastAPI, dataplane, model_name: str) -> None:
     binary.install(app, dataplane)
     app.add_exception_handler(RequestValidationError, count_malformed_request)
+    app.add_middleware(CountInferRequests, model_name=model_name)

@@ -1,6 +1,9 @@
 """Prometheus metrics of the predictor, exposed beside KServe's stage histograms on ``/metrics``."""
 from prometheus_client import Counter, Gauge, Histogram
 
+REQUESTS = Counter(
+    "rakuten_requests", "Inference requests answered, by HTTP status code (refusals before the model included)",
+    ["model_name", "status"])
 PREDICTIONS = Counter(
     "rakuten_predictions", "Products classified, by top-1 predicted prdtypecode",
     ["model_name", "prdtypecode"])

@@ -201,4 +201,7 @@ def test_rejections_are_counted_by_reason(limited_server_url):
         assert re.search(r'rakuten_rejected_requests_total\{model_name="rakuten-classifier",reason="%s"\} [1-9]' % reason,
                          text), reason
     assert "rakuten_batch_size_bucket" in text and "request_predict_seconds_bucket" in text
+    for status in ("200", "400", "422"):
+        assert re.search(r'rakuten_requests_total\{model_name="rakuten-classifier",status="%s"\} [1-9]' % status,
+                         text), status
     assert re.search(r'rakuten_predictions_total\{model_name="rakuten-classifier",prdtypecode="\d+"\} [1-9]', text)
