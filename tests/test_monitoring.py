@@ -194,7 +194,8 @@ def test_dashboard_and_alerts_on_a_real_prometheus(prometheus, server_url, sampl
 
     assert value(f"sum(increase(rakuten_rejected_requests_total{{{selector}}}[5m]))") > 0
     reasons = prometheus.query(f"sum by (reason) (rakuten_rejected_requests_total{{{selector}}})")["result"]
-    assert len(reasons) == 2, reasons
+    # the burst's two kinds of refusal (other tests may have added their own on this shared server)
+    assert {"missing_input", "image_not_decodable"} <= {r["metric"]["reason"] for r in reasons}, reasons
     assert value(f"count(rakuten_model_info{{{selector}}})") == 1
     assert value(f"sum(up{{{selector}}})") == 1
 
