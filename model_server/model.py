@@ -8,6 +8,7 @@ postprocess: top-k codes and probabilities as V2 outputs, and the prediction cou
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -76,6 +77,10 @@ class RakutenClassifier(kserve.Model):
         self.batcher = AdaptiveBatcher(self.runner, self.settings.max_batch_size,
                                        self.settings.max_batch_time, on_batch=self._observe_batch)
         self.version = manifest.version
+        # Move the long-lived heap (TensorFlow, Keras, the model) out of the collector's reach:
+        # full collections then scan only request garbage instead of pausing the whole server.
+        gc.collect()
+        gc.freeze()
         metrics.MODEL_INFO.labels(version=manifest.version, **self._name_label).set(1)
         logger.info("Loaded version %s (%s); batching max %d rows / %.1f ms", manifest.version,
                     manifest.metrics, self.settings.max_batch_size, self.settings.max_batch_time * 1000)
