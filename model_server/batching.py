@@ -55,8 +55,9 @@ class AdaptiveBatcher:
             result = await loop.run_in_executor(self._executor, self.infer, inputs)
             self.on_batch(rows, [0.0], time.perf_counter() - started)
             return result
-        if self._worker is None or self._worker.done():
+        if self._queue is None:
             self._queue = asyncio.Queue()
+        if self._worker is None or self._worker.done():
             self._worker = loop.create_task(self._run(), name="adaptive-batcher")
         pending = _Pending(inputs, loop.create_future(), rows)
         self._queue.put_nowait(pending)
@@ -100,22 +101,22 @@ class AdaptiveBatcher:
             batch = [p for p in batch if not p.future.done()]  # callers that went away
             if not batch:
                 continue
-            inputs = {name: np.concatenate([p.inputs[name] for p in batch]) for name in batch[0].inputs}
-            started = time.perf_counter()
             try:
+                inputs = {name: np.concatenate([p.inputs[name] for p in batch]) for name in batch[0].inputs}
+                started = time.perf_counter()
                 result = await loop.run_in_executor(self._executor, self.infer, inputs)
+                seconds = time.perf_counter() - started
             except Exception as exc:  # noqa: BLE001 - handed to exactly the callers of this call
                 for p in batch:
                     if not p.future.done():
                         p.future.set_exception(exc)
                 continue
-            self.on_batch(sum(p.rows for p in batch), [started - p.enqueued for p in batch],
-                          time.perf_counter() - started)
             offset = 0
             for p in batch:
                 if not p.future.done():
                     p.future.set_result(result[offset:offset + p.rows])
                 offset += p.rows
+            self.on_batch(offset, [started - p.enqueued for p in batch], seconds)
 
     async def close(self) -> None:
         if self._worker is not None:

@@ -123,3 +123,22 @@ def test_requests_larger_than_the_room_left_move_to_the_next_call(max_batch_size
     for ids, result in zip(requests, results):
         np.testing.assert_array_equal(result, ids * 2)
     assert all(c <= max(max_batch_size, 6) for c in model.calls)
+
+
+def test_a_batch_that_cannot_even_be_assembled_fails_its_callers_not_the_batcher():
+    model = RecordingModel(delay=0)
+    batcher = AdaptiveBatcher(model, max_batch_size=8, max_batch_time=0.05)
+
+    async def main():
+        batcher.incoming = 1  # keep the batch open so both land in the same call
+        bad = asyncio.ensure_future(batcher.submit({"ids": np.zeros((1, 2))}))  # 2-D, cannot concatenate with 1-D
+        good = asyncio.ensure_future(batcher.submit({"ids": np.array([3])}))
+        batcher.incoming = 0
+        results = await asyncio.gather(bad, good, return_exceptions=True)
+        after = await asyncio.wait_for(batcher.submit({"ids": np.array([4])}), timeout=5)
+        await batcher.close()
+        return results, after
+
+    (bad, good), after = run(main())
+    assert isinstance(bad, ValueError) and isinstance(good, ValueError)
+    assert list(after) == [8]  # the batcher still serves
