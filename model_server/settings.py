@@ -10,6 +10,7 @@ import kserve
 
 from model_server import MODEL_NAME
 from model_server.codec import RequestLimits
+from rakuten_common.env import env_default
 
 
 @dataclass(frozen=True)
@@ -24,34 +25,29 @@ class Settings:
     limits: RequestLimits = RequestLimits()
 
 
-def _env(name: str, default):
-    value = os.environ.get(name)
-    return default if value in (None, "") else type(default)(value)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m model_server", parents=[kserve.model_server.parser],
                                      description="KServe V2 predictor for the Rakuten product classifier.")
     # One latency log line per request is noise at hundreds of requests/s; /metrics has the figures.
-    parser.set_defaults(model_name=_env("MODEL_NAME", MODEL_NAME), enable_latency_logging=False)
+    parser.set_defaults(model_name=env_default("MODEL_NAME", MODEL_NAME), enable_latency_logging=False)
     a = parser.add_argument
-    a("--model_uri", default=_env("MODEL_URI", _env("STORAGE_URI", "/mnt/models")),
+    a("--model_uri", default=env_default("MODEL_URI", env_default("STORAGE_URI", "/mnt/models")),
       help="model folder, prefix of versions, or s3://bucket/prefix [MODEL_URI]")
-    a("--model_cache_dir", type=Path, default=Path(_env("MODEL_CACHE_DIR", "/tmp/rakuten-model-cache")),
+    a("--model_cache_dir", type=Path, default=Path(env_default("MODEL_CACHE_DIR", "/tmp/rakuten-model-cache")),
       help="where s3:// models are downloaded [MODEL_CACHE_DIR]")
-    a("--max_batch_size", type=int, default=_env("MAX_BATCH_SIZE", 32),
+    a("--max_batch_size", type=int, default=env_default("MAX_BATCH_SIZE", 32),
       help="max products per model call; 1 disables adaptive batching [MAX_BATCH_SIZE]")
-    a("--max_batch_time_ms", type=float, default=_env("MAX_BATCH_TIME_MS", 5.0),
+    a("--max_batch_time_ms", type=float, default=env_default("MAX_BATCH_TIME_MS", 5.0),
       help="max wait for more requests when some are on their way [MAX_BATCH_TIME_MS]")
-    a("--preprocess_workers", type=int, default=_env("PREPROCESS_WORKERS", os.cpu_count() or 2),
+    a("--preprocess_workers", type=int, default=env_default("PREPROCESS_WORKERS", os.cpu_count() or 2),
       help="threads decoding images and cleaning text [PREPROCESS_WORKERS]")
-    a("--max_request_items", type=int, default=_env("MAX_REQUEST_ITEMS", 64),
+    a("--max_request_items", type=int, default=env_default("MAX_REQUEST_ITEMS", 64),
       help="max products (N) in one request [MAX_REQUEST_ITEMS]")
-    a("--max_text_chars", type=int, default=_env("MAX_TEXT_CHARS", 20_000),
+    a("--max_text_chars", type=int, default=env_default("MAX_TEXT_CHARS", 20_000),
       help="max characters of one designation or description [MAX_TEXT_CHARS]")
-    a("--max_image_bytes", type=int, default=_env("MAX_IMAGE_BYTES", 10 * 1024 * 1024),
+    a("--max_image_bytes", type=int, default=env_default("MAX_IMAGE_BYTES", 10 * 1024 * 1024),
       help="max size of one image file [MAX_IMAGE_BYTES]")
-    a("--max_image_pixels", type=int, default=_env("MAX_IMAGE_PIXELS", 40_000_000),
+    a("--max_image_pixels", type=int, default=env_default("MAX_IMAGE_PIXELS", 40_000_000),
       help="max width x height of one image, against decompression bombs [MAX_IMAGE_PIXELS]")
     return parser
 
