@@ -29,7 +29,7 @@ from loadtests import thresholds  # noqa: E402
 from loadtests.products import PAYLOADS, RequestPool, check_answer, load_products  # noqa: E402
 from loadtests.profiles import SHAPES  # noqa: E402
 from loadtests.shapes import LoadProfile  # noqa: E402,F401 - Locust picks up the shape class
-from model_server import MODEL_NAME  # noqa: E402
+from rakuten_common.bundle import MODEL_NAME  # noqa: E402
 
 logger = logging.getLogger("loadtest")
 

@@ -1,9 +1,9 @@
 """Realistic products to send, built once and encoded once.
 
 A product is a French title, a description (HTML, empty about a third of the time) and a
-real-size 500x500 JPEG, as in the Rakuten set. They are either generated with the sample-data
-functions (``training_job.sample_data.make_text`` / ``make_image``) or read from a dataset folder
-in the Rakuten layout (``X_train_update.csv`` + ``images/image_train``). Every request body is
+real-size 500x500 JPEG, as in the Rakuten set. They are either generated
+(``rakuten_common.synthetic``) or read from a dataset folder in the Rakuten layout
+(``rakuten_common.data_layout``). Every request body is
 encoded up front, in both forms (base64 JSON and the binary tensor data extension), so that
 the load generator spends its CPU on sending, not on encoding.
 
@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from model_server.client import Product, binary_infer_request, infer_request
+from rakuten_common.data_layout import TEST, TRAIN
 from rakuten_common.labels import PRDTYPECODES, TRAIN_COUNTS
+from rakuten_common.synthetic import make_image, make_text
 
 PAYLOADS = ("base64", "binary")
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -37,8 +39,6 @@ def jpeg_bytes(image, quality: int = 85) -> bytes:
 
 def generate_products(count: int, seed: int = 0, image_size: int = 500) -> list[Product]:
     """``count`` synthetic products, classes drawn with the real set's imbalance."""
-    from training_job.sample_data import make_image, make_text
-
     rng = np.random.default_rng(seed)
     weights = np.array([TRAIN_COUNTS[code] for code in PRDTYPECODES], dtype=float)
     codes = rng.choice(PRDTYPECODES, size=count, p=weights / weights.sum())
@@ -52,24 +52,22 @@ def generate_products(count: int, seed: int = 0, image_size: int = 500) -> list[
 def read_products(data_dir: Path, count: int, seed: int = 0) -> list[Product]:
     """``count`` products picked at random from a dataset folder in the Rakuten layout."""
     data_dir = Path(data_dir)
-    for csv_name, image_dir in (("X_train_update.csv", "image_train"), ("X_test_update.csv", "image_test")):
-        if (data_dir / csv_name).is_file():
-            break
-    else:
-        raise FileNotFoundError(f"{data_dir} holds neither X_train_update.csv nor X_test_update.csv")
-    with open(data_dir / csv_name, newline="", encoding="utf-8") as f:
+    split = next((s for s in (TRAIN, TEST) if (data_dir / s.features_csv).is_file()), None)
+    if split is None:
+        raise FileNotFoundError(f"{data_dir} holds neither {TRAIN.features_csv} nor {TEST.features_csv}")
+    with open(data_dir / split.features_csv, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     order = np.random.default_rng(seed).permutation(len(rows))
     products = []
     for i in order:
         row = rows[i]
-        image = data_dir / "images" / image_dir / f"image_{row['imageid']}_product_{row['productid']}.jpg"
+        image = split.image_path(data_dir, row["imageid"], row["productid"])
         if image.is_file():  # a few products of the real set have no image
             products.append(Product(row["designation"], row.get("description") or "", image.read_bytes()))
             if len(products) == count:
                 break
     if not products:
-        raise FileNotFoundError(f"no product of {data_dir / csv_name} has its image in {data_dir / 'images' / image_dir}")
+        raise FileNotFoundError(f"no product of {data_dir / split.features_csv} has its image in {data_dir / split.image_dir}")
     return products
 
 

@@ -1,3 +1,1 @@
 """Custom KServe predictor for the Rakuten classifier, speaking the V2 (Open Inference) protocol."""
-
-MODEL_NAME = "rakuten-classifier"

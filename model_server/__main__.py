@@ -1,40 +1,63 @@
-"""``python -m model_server``: load the newest model version and serve it with KServe."""
+"""``python -m model_server``: load the model version and serve it with KServe (V2 REST + gRPC).
+
+Arguments are parsed before anything heavy is imported, so ``--help`` and argument errors
+answer at once.
+"""
 from __future__ import annotations
 
 import logging
+import os
 import sys
-import warnings
 
-import kserve
+from model_server.settings import Settings, parse_settings
+from rakuten_common.logs import configure_logging
 
-from model_server import app
-from model_server.model import RakutenClassifier
-from model_server.settings import build_parser, settings_from
-from rakuten_common.artifacts import ArtifactError
+logger = logging.getLogger("rakuten.model_server")
 
 
-# KServe 0.21's app uses ORJSONResponse, which FastAPI deprecates with a warning on every response.
-warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
+def _import_kserve():
+    """Import KServe without letting it parse our command line (it parses ``sys.argv`` on import)."""
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        import kserve
+    finally:
+        sys.argv = argv
+    return kserve
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.workers != 1:
-        logging.getLogger("rakuten.model_server").warning(
-            "--workers=%d ignored: one process per pod keeps batching and /metrics whole; "
-            "scale with replicas (and --preprocess_workers threads) instead", args.workers)
-    model = RakutenClassifier(settings_from(args))
+def serve(settings: Settings) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    kserve = _import_kserve()
+    import warnings
+
+    from model_server import app
+    from model_server.model import RakutenClassifier
+    from rakuten_common.artifacts import ArtifactError
+
+    # KServe 0.21's app uses ORJSONResponse, which FastAPI deprecates with a warning on every response.
+    warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
+    configure_logging(settings.log_level, access_log=settings.access_log, timings=settings.enable_latency_logging)
+    model = RakutenClassifier(settings)
     try:
         model.load()
     except ArtifactError as exc:
-        logging.getLogger("rakuten.model_server").error("cannot load a model: %s", exc)
+        logger.error("cannot load a model: %s", exc)
         return 1
-    server = kserve.ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, workers=1,
-                                enable_grpc=args.enable_grpc, enable_latency_logging=args.enable_latency_logging)
+    server = kserve.ModelServer(http_port=settings.http_port, grpc_port=settings.grpc_port, workers=1,
+                                enable_grpc=settings.enable_grpc,
+                                enable_latency_logging=settings.enable_latency_logging)
     app.extend(kserve.model_server.app, server.dataplane, model.name)
     server.start([model])
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse_settings(argv)
+    configure_logging(settings.log_level)
+    if settings.workers != 1:
+        logger.warning("--workers=%d ignored: one process per pod keeps batching and /metrics whole; "
+                       "scale with replicas (and --preprocess_workers threads) instead", settings.workers)
+    return serve(settings)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from model_server import MODEL_NAME
+from rakuten_common.bundle import MODEL_NAME
 
 BINARY_HEADER = "Inference-Header-Content-Length"
 

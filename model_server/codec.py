@@ -3,7 +3,7 @@
 Inputs, all ``datatype: BYTES`` with ``shape: [N]`` (``[N, 1]`` is accepted too):
 ``designation`` (required, UTF-8 text), ``description`` (optional, may be empty) and
 ``image`` (required; each element a JPEG/PNG/WebP file, base64 in JSON or raw bytes with the
-binary tensor extension / gRPC). Request parameter ``top_k``: 1..27, default 1.
+binary tensor extension / gRPC). Request parameter ``top_k``: 1 to the number of classes, default 1.
 Every refusal is a ``RequestRejected`` (HTTP 400) whose message names the problem.
 """
 from __future__ import annotations
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferRequest, to_http_parameters
+
+from model_server.settings import RequestLimits
 
 REQUIRED_INPUTS = ("designation", "image")
 OPTIONAL_INPUTS = ("description",)
@@ -29,14 +31,6 @@ class RequestRejected(InvalidInput):
         self.kind = kind
 
 
-@dataclass(frozen=True)
-class RequestLimits:
-    max_items: int = 64              # N per request
-    max_text_chars: int = 20_000     # per designation / description element
-    max_image_bytes: int = 10 * 1024 * 1024
-    num_classes: int = 27
-
-
 @dataclass
 class Products:
     """One request's products, validated but not yet decoded."""
@@ -50,11 +44,11 @@ class Products:
         return len(self.designations)
 
 
-def _top_k(request: InferRequest, limits: RequestLimits) -> int:
+def _top_k(request: InferRequest, num_classes: int) -> int:
     value = to_http_parameters(request.parameters or {}).get("top_k", 1)
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limits.num_classes:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= num_classes:
         raise RequestRejected("invalid_parameter",
-                              f"parameter top_k must be an integer from 1 to {limits.num_classes}, got {value!r}")
+                              f"parameter top_k must be an integer from 1 to {num_classes}, got {value!r}")
     return value
 
 
@@ -104,9 +98,9 @@ def _image(value, index: int, limits: RequestLimits) -> bytes:
     if isinstance(value, (bytes, bytearray)):
         data = bytes(value)
     elif isinstance(value, str):
-        if len(value) * 3 // 4 > limits.max_image_bytes + 3:
+        if len(value) * 3 // 4 > limits.image.max_bytes + 3:
             raise RequestRejected("image_too_large",
-                                  f"image[{index}] is over the {limits.max_image_bytes}-byte limit")
+                                  f"image[{index}] is over the {limits.image.max_bytes}-byte limit")
         try:
             data = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
@@ -115,16 +109,18 @@ def _image(value, index: int, limits: RequestLimits) -> bytes:
         raise RequestRejected("invalid_image", f"image[{index}] must be base64 text or bytes, got {type(value).__name__}")
     if not data:
         raise RequestRejected("invalid_image", f"image[{index}] is empty")
-    if len(data) > limits.max_image_bytes:
+    if len(data) > limits.image.max_bytes:
         raise RequestRejected("image_too_large",
-                              f"image[{index}] is {len(data)} bytes, limit is {limits.max_image_bytes}")
+                              f"image[{index}] is {len(data)} bytes, limit is {limits.image.max_bytes}")
     return data
 
 
-def decode_request(request: InferRequest, limits: RequestLimits) -> Products:
-    """Validate names, datatypes, shapes and elements; raise ``RequestRejected`` on the first fault."""
+def decode_request(request: InferRequest, limits: RequestLimits, num_classes: int) -> Products:
+    """Validate names, datatypes, shapes and elements; raise ``RequestRejected`` on the first fault.
+
+    ``num_classes`` (from the loaded label map) bounds ``top_k``."""
     if not isinstance(request, InferRequest):
-        raise RequestRejected("wrong_protocol", "rakuten-classifier speaks the V2 protocol: POST /v2/models/<name>/infer")
+        raise RequestRejected("wrong_protocol", "this model speaks the V2 protocol: POST /v2/models/<name>/infer")
     tensors = {}
     for tensor in request.inputs or []:
         if tensor.name in tensors:
@@ -135,7 +131,7 @@ def decode_request(request: InferRequest, limits: RequestLimits) -> Products:
     missing = [name for name in REQUIRED_INPUTS if name not in tensors]
     if missing:
         raise RequestRejected("missing_input", f"missing required input(s) {missing}")
-    top_k = _top_k(request, limits)
+    top_k = _top_k(request, num_classes)
     elements = {name: _elements(tensor, limits) for name, tensor in tensors.items()}
     sizes = {name: len(values) for name, values in elements.items()}
     if len(set(sizes.values())) > 1:

@@ -1,4 +1,9 @@
 """Prometheus metrics of the predictor, exposed beside KServe's stage histograms on ``/metrics``."""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
 from prometheus_client import Counter, Gauge, Histogram
 
 REQUESTS = Counter(
@@ -23,3 +28,27 @@ IN_FLIGHT = Gauge(
     "rakuten_inflight_requests", "Inference requests being processed", ["model_name"])
 MODEL_INFO = Gauge(
     "rakuten_model_info", "Model version being served (value 1)", ["model_name", "version"])
+LOAD_SECONDS = Gauge(
+    "rakuten_model_load_seconds", "Seconds spent in each phase of the last model load "
+    "(fetch: download and verify, load: deserialise, warmup: trace and first calls)",
+    ["model_name", "phase"])
+
+
+class LoadTimer:
+    """Times the phases of a model load into ``LOAD_SECONDS``."""
+
+    def __init__(self, model_name: str):
+        self.model_name = model_name
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = time.perf_counter() - started
+            LOAD_SECONDS.labels(model_name=self.model_name, phase=name).set(self.seconds[name])
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name} {seconds:.2f} s" for name, seconds in self.seconds.items())

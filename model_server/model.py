@@ -62,18 +62,25 @@ class RakutenClassifier(kserve.Model):
         self.labels: LabelMap | None = None
         self.runner: ModelRunner | None = None
         self.batcher: AdaptiveBatcher | None = None
+        self.limits = settings.limits
         self._pool = ThreadPoolExecutor(settings.preprocess_workers, thread_name_prefix="preprocess")
-        self._image_limits = ImageLimits(settings.limits.max_image_bytes, settings.max_image_pixels)
         self._name_label = {"model_name": settings.model_name}
 
     # -- lifecycle ---------------------------------------------------------------------
     def load(self) -> bool:
-        """Fetch and verify the newest complete version, load it, warm it up; then ready."""
+        """Fetch and verify the newest complete version, load it, warm it up; then ready.
+
+        The seconds of each phase are exported as ``rakuten_model_load_seconds{phase}``.
+        """
+        timer = metrics.LoadTimer(self.settings.model_name)
         logger.info("Fetching model from %s", self.settings.model_uri)
-        bundle, manifest = fetch(self.settings.model_uri, self.settings.cache_dir, progress=logger.info)
-        model, self.labels, spec = load_bundle(bundle)
-        self.runner = ModelRunner(model, spec)
-        self.runner.warm_up(tuple(sorted({1, self.settings.max_batch_size})))
+        with timer.phase("fetch"):
+            bundle, manifest = fetch(self.settings.model_uri, self.settings.model_cache_dir, progress=logger.info)
+        with timer.phase("load"):
+            model, self.labels, spec = load_bundle(bundle)
+        with timer.phase("warmup"):
+            self.runner = ModelRunner(model, spec)
+            self.runner.warm_up(tuple(sorted({1, self.settings.max_batch_size})))
         self.batcher = AdaptiveBatcher(self.runner, self.settings.max_batch_size,
                                        self.settings.max_batch_time, on_batch=self._observe_batch)
         self.version = manifest.version
@@ -82,8 +89,8 @@ class RakutenClassifier(kserve.Model):
         gc.collect()
         gc.freeze()
         metrics.MODEL_INFO.labels(version=manifest.version, **self._name_label).set(1)
-        logger.info("Loaded version %s (%s); batching max %d rows / %.1f ms", manifest.version,
-                    manifest.metrics, self.settings.max_batch_size, self.settings.max_batch_time * 1000)
+        logger.info("Loaded version %s (%s) in %s; batching max %d rows / %.1f ms", manifest.version,
+                    manifest.metrics, timer, self.settings.max_batch_size, self.settings.max_batch_time_ms)
         self.ready = True
         return self.ready
 
@@ -106,9 +113,9 @@ class RakutenClassifier(kserve.Model):
     async def preprocess(self, payload: InferRequest, headers: dict[str, str] | None = None) -> Prepared:
         self.batcher.incoming += 1
         try:
-            products = decode_request(payload, self.settings.limits)
+            products = decode_request(payload, self.limits, len(self.labels))
             inputs = await asyncio.get_running_loop().run_in_executor(
-                self._pool, prepare, products, self.runner.spec.image_size, self._image_limits)
+                self._pool, prepare, products, self.runner.spec.image_size, self.limits.image)
         except RequestRejected as exc:
             metrics.REJECTED.labels(reason=exc.kind, **self._name_label).inc()
             raise
@@ -137,5 +144,5 @@ class RakutenClassifier(kserve.Model):
             output.set_data_from_numpy(array, binary_data=binary)
             outputs.append(output)
         return InferResponse(response_id=result.request.id or str(uuid.uuid4()), model_name=self.name,
-                             infer_outputs=outputs, use_binary_outputs=binary,
+                             model_version=self.version, infer_outputs=outputs, use_binary_outputs=binary,
                              parameters={"model_version": self.version})

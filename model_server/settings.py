@@ -1,4 +1,10 @@
-"""Server settings: KServe's own flags plus ours, each with an environment-variable default."""
+"""Server settings: every flag declared once, with its default, environment variable and meaning.
+
+``python -m model_server --help`` is built from these fields without importing KServe or
+TensorFlow. Flag names follow KServe's (``--http_port``, ``--model_name``...); the KServe flags
+this server does not use are not offered, except ``--workers``, accepted and ignored with a
+warning (one process per pod keeps batching and ``/metrics`` whole).
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,56 +12,74 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import kserve
+from rakuten_common.bundle import MODEL_NAME
+from rakuten_common.options import HelpFormatter, add_options, from_args, option
+from rakuten_common.preprocessing import ImageLimits
 
-from model_server import MODEL_NAME
-from model_server.codec import RequestLimits
-from rakuten_common.env import env_default
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one V2 request may hold (the codec's refusal thresholds)."""
+
+    max_items: int
+    max_text_chars: int
+    image: ImageLimits
 
 
 @dataclass(frozen=True)
 class Settings:
-    model_name: str = MODEL_NAME
-    model_uri: str = "/mnt/models"
-    cache_dir: Path = Path("/tmp/rakuten-model-cache")
-    max_batch_size: int = 32
-    max_batch_time: float = 0.005
-    preprocess_workers: int = os.cpu_count() or 2
-    max_image_pixels: int = 40_000_000
-    limits: RequestLimits = RequestLimits()
+    # -- the model -----------------------------------------------------------------------------
+    model_name: str = option(MODEL_NAME, env="MODEL_NAME", help="model name in the V2 routes")
+    model_uri: str = option("/mnt/models", env=("MODEL_URI", "STORAGE_URI"), metavar="URI",
+                            help="one version folder, a prefix of versions, or s3://bucket/prefix")
+    model_cache_dir: Path = option(Path("/tmp/rakuten-model-cache"), env="MODEL_CACHE_DIR",
+                                   help="where s3:// models are downloaded")
+    # -- listening -------------------------------------------------------------------------------
+    http_port: int = option(8080, env="HTTP_PORT", help="REST port (V2, health, /metrics)")
+    grpc_port: int = option(8081, env="GRPC_PORT", help="gRPC port (V2)")
+    enable_grpc: bool = option(True, env="ENABLE_GRPC", help="serve V2 over gRPC too")
+    # -- batching and threads --------------------------------------------------------------------
+    max_batch_size: int = option(32, env="MAX_BATCH_SIZE",
+                                 help="max products per model call; 1 disables adaptive batching")
+    max_batch_time_ms: float = option(5.0, env="MAX_BATCH_TIME_MS",
+                                      help="max wait for more requests, only while some are on their way")
+    preprocess_workers: int = option(os.cpu_count() or 2, env="PREPROCESS_WORKERS",
+                                     shown=f"the CPU count, {os.cpu_count() or 2} here",
+                                     help="threads decoding images and cleaning text")
+    # -- request limits (refused with a 400 naming the limit) ------------------------------------
+    max_request_items: int = option(64, env="MAX_REQUEST_ITEMS", help="max products (N) in one request")
+    max_text_chars: int = option(20_000, env="MAX_TEXT_CHARS",
+                                 help="max characters of one designation or description")
+    max_image_bytes: int = option(ImageLimits.max_bytes, env="MAX_IMAGE_BYTES", help="max size of one image file")
+    max_image_pixels: int = option(ImageLimits.max_pixels, env="MAX_IMAGE_PIXELS",
+                                   help="max width x height of one image, against decompression bombs")
+    # -- logs ------------------------------------------------------------------------------------
+    log_level: str = option("INFO", env="LOG_LEVEL", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                            type=str.upper, help="log level")
+    access_log: bool = option(True, env="ACCESS_LOG", help="one log line per HTTP request")
+    enable_latency_logging: bool = option(False, env="ENABLE_LATENCY_LOGGING",
+                                          help="KServe's per-request timing lines (three more lines a request)")
+    workers: int = option(1, help="ignored: one process per pod; scale with replicas")
+
+    @property
+    def max_batch_time(self) -> float:
+        """``max_batch_time_ms`` in seconds."""
+        return self.max_batch_time_ms / 1000
+
+    @property
+    def limits(self) -> RequestLimits:
+        return RequestLimits(self.max_request_items, self.max_text_chars,
+                             ImageLimits(self.max_image_bytes, self.max_image_pixels))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m model_server", parents=[kserve.model_server.parser],
-                                     description="KServe V2 predictor for the Rakuten product classifier.")
-    # One latency log line per request is noise at hundreds of requests/s; /metrics has the figures.
-    parser.set_defaults(model_name=env_default("MODEL_NAME", MODEL_NAME), enable_latency_logging=False)
-    a = parser.add_argument
-    a("--model_uri", default=env_default("MODEL_URI", env_default("STORAGE_URI", "/mnt/models")),
-      help="model folder, prefix of versions, or s3://bucket/prefix [MODEL_URI]")
-    a("--model_cache_dir", type=Path, default=Path(env_default("MODEL_CACHE_DIR", "/tmp/rakuten-model-cache")),
-      help="where s3:// models are downloaded [MODEL_CACHE_DIR]")
-    a("--max_batch_size", type=int, default=env_default("MAX_BATCH_SIZE", 32),
-      help="max products per model call; 1 disables adaptive batching [MAX_BATCH_SIZE]")
-    a("--max_batch_time_ms", type=float, default=env_default("MAX_BATCH_TIME_MS", 5.0),
-      help="max wait for more requests when some are on their way [MAX_BATCH_TIME_MS]")
-    a("--preprocess_workers", type=int, default=env_default("PREPROCESS_WORKERS", os.cpu_count() or 2),
-      help="threads decoding images and cleaning text [PREPROCESS_WORKERS]")
-    a("--max_request_items", type=int, default=env_default("MAX_REQUEST_ITEMS", 64),
-      help="max products (N) in one request [MAX_REQUEST_ITEMS]")
-    a("--max_text_chars", type=int, default=env_default("MAX_TEXT_CHARS", 20_000),
-      help="max characters of one designation or description [MAX_TEXT_CHARS]")
-    a("--max_image_bytes", type=int, default=env_default("MAX_IMAGE_BYTES", 10 * 1024 * 1024),
-      help="max size of one image file [MAX_IMAGE_BYTES]")
-    a("--max_image_pixels", type=int, default=env_default("MAX_IMAGE_PIXELS", 40_000_000),
-      help="max width x height of one image, against decompression bombs [MAX_IMAGE_PIXELS]")
+    parser = argparse.ArgumentParser(
+        prog="python -m model_server", formatter_class=HelpFormatter,
+        description="KServe V2 predictor of the Rakuten product classifier.\n"
+                    "Every option can also be set by the environment variable named in its help.")
+    add_options(parser, Settings, style="snake")
     return parser
 
 
-def settings_from(args: argparse.Namespace) -> Settings:
-    return Settings(
-        model_name=args.model_name, model_uri=args.model_uri, cache_dir=args.model_cache_dir,
-        max_batch_size=args.max_batch_size, max_batch_time=args.max_batch_time_ms / 1000,
-        preprocess_workers=args.preprocess_workers, max_image_pixels=args.max_image_pixels,
-        limits=RequestLimits(max_items=args.max_request_items, max_text_chars=args.max_text_chars,
-                             max_image_bytes=args.max_image_bytes))
+def parse_settings(argv: list[str] | None = None) -> Settings:
+    return from_args(Settings, build_parser().parse_args(argv))

@@ -1,67 +1,33 @@
-"""Versioned model bundles: publish one with its manifest written last, fetch and verify one.
+"""Versioned model bundles in a store: publish one with its manifest written last, fetch and verify one.
 
-A bundle is a folder holding ``model.keras``, ``labels.json``, ``preprocessing.json``,
-``vocabulary.txt`` and, last of all, ``manifest.json`` with the sha256 of every other file.
-A version whose manifest is absent is incomplete and never loaded; a version that exists
-(complete or not) is never overwritten.
+The files of a bundle are described in ``rakuten_common.bundle``. A version whose manifest is
+absent is incomplete and never loaded; a version that exists (complete or not) is never
+overwritten.
 """
 from __future__ import annotations
 
 import hashlib
-import json
-import re
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
+from rakuten_common.bundle import MANIFEST_FILE, VERSION_PATTERN, Manifest
 from rakuten_common.storage import LocalStore, ProgressFn, StorageError, Store, open_store
-
-MANIFEST = "manifest.json"
-VERSION_PATTERN = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,127}$")
 
 
 class ArtifactError(RuntimeError):
     """A model version that is missing, incomplete, already present or fails verification."""
 
 
-@dataclass
-class Manifest:
-    version: str
-    created_at: str
-    files: dict[str, dict] = field(default_factory=dict)  # name -> {"sha256": ..., "bytes": ...}
-    metrics: dict[str, float] = field(default_factory=dict)
-    mlflow_run_id: str | None = None
-    git_commit: str | None = None
-    dataset_fingerprint: str | None = None
-    name: str = "rakuten-classifier"
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str) -> "Manifest":
-        return cls(**json.loads(text))
-
-
-def new_version(now: datetime | None = None) -> str:
-    """A sortable UTC timestamp version id, e.g. ``20261129T041502Z``."""
-    return (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
-
-
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def describe_files(bundle: Path) -> dict[str, dict]:
     """Checksum and size of every file of a bundle folder (the manifest itself excluded)."""
     return {p.relative_to(bundle).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-            for p in sorted(bundle.rglob("*")) if p.is_file() and p.name != MANIFEST}
+            for p in sorted(bundle.rglob("*")) if p.is_file() and p.name != MANIFEST_FILE}
 
 
 def ensure_new_version(store: Store, version: str) -> None:
@@ -85,18 +51,18 @@ def publish(bundle: Path, uri: str, manifest: Manifest, progress: ProgressFn = p
         sent += entry["bytes"]
         progress(f"  uploaded {name} ({entry['bytes'] / 1e6:.2f} MB, {sent / max(total, 1):.0%} of {total / 1e6:.2f} MB)")
     with tempfile.TemporaryDirectory() as tmp:
-        manifest_path = Path(tmp) / MANIFEST
+        manifest_path = Path(tmp) / MANIFEST_FILE
         manifest_path.write_text(manifest.to_json())
-        store.put_file(f"{version}/{MANIFEST}", manifest_path)
-    progress(f"  wrote {MANIFEST}: version {version} is complete")
+        store.put_file(f"{version}/{MANIFEST_FILE}", manifest_path)
+    progress(f"  wrote {MANIFEST_FILE}: version {version} is complete")
     return f"{store.uri}/{version}"
 
 
 def resolve_version(store: Store) -> str | None:
     """The newest complete version in ``store``; ``""`` when ``store`` is itself one version."""
-    if store.exists(MANIFEST):
+    if store.exists(MANIFEST_FILE):
         return ""
-    complete = [v for v in store.list_versions() if store.exists(f"{v}/{MANIFEST}")]
+    complete = [v for v in store.list_versions() if store.exists(f"{v}/{MANIFEST_FILE}")]
     return complete[-1] if complete else None
 
 
@@ -122,10 +88,10 @@ def fetch(uri: str, cache_dir: Path, progress: ProgressFn = print) -> tuple[Path
     try:
         version = resolve_version(store)
         if version is None:
-            raise ArtifactError(f"no complete model version (with {MANIFEST}) under {store.uri}")
+            raise ArtifactError(f"no complete model version (with {MANIFEST_FILE}) under {store.uri}")
         prefix = f"{version}/" if version else ""
-        manifest_copy = cache_dir / f"{version or 'pinned'}.{MANIFEST}"
-        store.get_file(prefix + MANIFEST, manifest_copy)
+        manifest_copy = cache_dir / f"{version or 'pinned'}.{MANIFEST_FILE}"
+        store.get_file(prefix + MANIFEST_FILE, manifest_copy)
         manifest = Manifest.from_json(manifest_copy.read_text())
         if isinstance(store, LocalStore):
             bundle = store.root / prefix
@@ -135,7 +101,7 @@ def fetch(uri: str, cache_dir: Path, progress: ProgressFn = print) -> tuple[Path
             for name in manifest.files:
                 store.get_file(prefix + name, bundle / name)
                 progress(f"  downloaded {name}")
-            shutil.copyfile(manifest_copy, bundle / MANIFEST)
+            shutil.copyfile(manifest_copy, bundle / MANIFEST_FILE)
     except StorageError as exc:
         raise ArtifactError(str(exc)) from exc
     verify(bundle, manifest)

@@ -1,16 +1,60 @@
-"""The files of one model version, written by training and read by serving."""
+"""The layout of one model version (a *bundle*), written by training and read by serving.
+
+A bundle is a folder of these files, ``manifest.json`` last (see ``rakuten_common.artifacts``)::
+
+    model.keras          the Keras model (tokenisation inside), no optimizer state
+    labels.json          {"prdtypecodes": [...]}: output index -> prdtypecode
+    preprocessing.json   what serving must feed the model (inputs, image size, sequence length)
+    vocabulary.txt       the text vectorizer's vocabulary, one token per line (for humans)
+    manifest.json        version, created_at, metrics, lineage, sha256 and size of every file
+"""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-
 
 from rakuten_common.labels import LabelMap
 
+#: The model's name: V2 routes, MLflow experiment and registry, manifests.
+MODEL_NAME = "rakuten-classifier"
+
 MODEL_FILE = "model.keras"
+LABELS_FILE = "labels.json"
 PREPROCESSING_FILE = "preprocessing.json"
 VOCABULARY_FILE = "vocabulary.txt"
+MANIFEST_FILE = "manifest.json"
+
+#: Version ids: a UTC timestamp by default (``new_version``), or any such safe name.
+VERSION_PATTERN = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,127}$")
+
+
+@dataclass
+class Manifest:
+    """``manifest.json``: what a version is, where it comes from, and the checksum of every file."""
+
+    version: str
+    created_at: str
+    files: dict[str, dict] = field(default_factory=dict)  # name -> {"sha256": ..., "bytes": ...}
+    metrics: dict[str, float] = field(default_factory=dict)
+    mlflow_run_id: str | None = None
+    git_commit: str | None = None
+    dataset_fingerprint: str | None = None
+    name: str = MODEL_NAME
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "Manifest":
+        return cls(**json.loads(text))
+
+
+def new_version(now: datetime | None = None) -> str:
+    """A sortable UTC timestamp version id, e.g. ``20261129T041502Z``."""
+    return (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
 
 
 @dataclass(frozen=True)
@@ -35,7 +79,7 @@ def save_bundle(model, labels: LabelMap, spec: PreprocessingSpec, vocabulary: li
     # detach it so the bundle holds the architecture and weights only (about a third the size).
     model.optimizer = None
     model.save(out / MODEL_FILE)
-    labels.save(out)
+    (out / LABELS_FILE).write_text(json.dumps({"prdtypecodes": list(labels.codes)}, indent=2) + "\n")
     (out / PREPROCESSING_FILE).write_text(json.dumps({
         "image_size": spec.image_size,
         "sequence_length": spec.sequence_length,
@@ -47,10 +91,14 @@ def save_bundle(model, labels: LabelMap, spec: PreprocessingSpec, vocabulary: li
     return out
 
 
+def load_labels(bundle: Path) -> LabelMap:
+    return LabelMap(json.loads((Path(bundle) / LABELS_FILE).read_text())["prdtypecodes"])
+
+
 def load_bundle(bundle: Path):
     """Return ``(keras_model, LabelMap, PreprocessingSpec)`` from a bundle folder."""
     import keras
 
     bundle = Path(bundle)
     model = keras.saving.load_model(bundle / MODEL_FILE, compile=False)
-    return model, LabelMap.load(bundle), PreprocessingSpec.load(bundle)
+    return model, load_labels(bundle), PreprocessingSpec.load(bundle)

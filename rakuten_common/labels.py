@@ -1,9 +1,6 @@
 """The 27 Rakuten France ``prdtypecode`` classes and the code <-> index mapping."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 #: Real per-class row counts of ``Y_train_CVw08PX.csv`` (84,916 rows, 27 classes).
 TRAIN_COUNTS: dict[int, int] = {
     10: 3116, 40: 2508, 50: 1681, 60: 832, 1140: 2671, 1160: 3953, 1180: 764,
@@ -19,8 +16,6 @@ PRDTYPECODES: tuple[int, ...] = tuple(sorted(TRAIN_COUNTS))
 
 class LabelMap:
     """Maps ``prdtypecode`` values to contiguous class indices (sorted by code) and back."""
-
-    FILENAME = "labels.json"
 
     def __init__(self, codes: tuple[int, ...] | list[int] = PRDTYPECODES):
         self.codes: tuple[int, ...] = tuple(int(code) for code in codes)
@@ -39,13 +34,3 @@ class LabelMap:
 
     def to_code(self, index: int) -> int:
         return self.codes[index]
-
-    def save(self, directory: Path) -> Path:
-        path = Path(directory) / self.FILENAME
-        path.write_text(json.dumps({"prdtypecodes": list(self.codes)}, indent=2) + "\n")
-        return path
-
-    @classmethod
-    def load(cls, directory: Path) -> "LabelMap":
-        data = json.loads((Path(directory) / cls.FILENAME).read_text())
-        return cls(data["prdtypecodes"])

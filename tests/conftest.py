@@ -13,6 +13,10 @@ import pytest
 from tests.servers import REPO, start_model_server, start_s3_server
 from training_job import sample_data
 
+# Child processes (training job, model server, Locust) run this checkout's code, whichever
+# checkout the editable install points at (worktrees, CI clones).
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+
 BUCKET = "rakuten-models"
 # Small but real: ~1,600 products, 64 px images, enough epochs to learn both modalities.
 SAMPLE_ROWS = 1600
@@ -29,6 +33,7 @@ class S3:
 class Published:
     uri: str
     stdout: str
+    stderr: str
     data_dir: Path
     tracking_uri: str
 
@@ -84,7 +89,7 @@ def published(sample_dir, s3, tmp_path_factory) -> Published:
     uri = f"s3://{BUCKET}/rakuten-classifier"
     done = run_training(sample_dir, uri, s3.env, workdir, extra=["--ablation"])
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return Published(uri, done.stdout, sample_dir, f"sqlite:///{workdir / 'mlflow.db'}")
+    return Published(uri, done.stdout, done.stderr, sample_dir, f"sqlite:///{workdir / 'mlflow.db'}")
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,8 @@ import json
 import boto3
 import pytest
 
-from rakuten_common.artifacts import MANIFEST, ArtifactError, Manifest, fetch, publish, resolve_version
+from rakuten_common.artifacts import ArtifactError, fetch, publish, resolve_version
+from rakuten_common.bundle import MANIFEST_FILE, Manifest
 from rakuten_common.storage import LocalStore, StorageError, open_store
 from tests.conftest import BUCKET
 
@@ -72,7 +73,7 @@ def test_an_interrupted_upload_leaves_no_loadable_version(bundle, tmp_path, monk
     with pytest.raises(StorageError):
         publish(bundle, str(root), manifest("v2"), progress=lambda _: None)
     monkeypatch.undo()
-    assert (root / "v2").exists() and not (root / "v2" / MANIFEST).exists()
+    assert (root / "v2").exists() and not (root / "v2" / MANIFEST_FILE).exists()
     assert resolve_version(open_store(str(root))) == "v1"  # the half-written v2 is ignored
     with pytest.raises(ArtifactError, match="already exists"):
         publish(bundle, str(root), manifest("v2"), progress=lambda _: None)
@@ -103,13 +104,13 @@ def test_manifest_is_written_last(bundle, tmp_path, monkeypatch):
     store = RecordingStore(tmp_path / "store")
     monkeypatch.setattr("rakuten_common.artifacts.open_store", lambda uri: store)
     publish(bundle, "ignored", manifest("v1"), progress=lambda _: None)
-    assert store.keys[-1] == f"v1/{MANIFEST}" and len(store.keys) == 3
+    assert store.keys[-1] == f"v1/{MANIFEST_FILE}" and len(store.keys) == 3
 
 
 def test_manifest_lists_a_checksum_per_file(bundle, s3_env, tmp_path):
     prefix = f"sums-{tmp_path.name}"
     publish(bundle, f"s3://{BUCKET}/{prefix}", manifest("v1"), progress=lambda _: None)
-    body = json.loads(boto3.client("s3").get_object(Bucket=BUCKET, Key=f"{prefix}/v1/{MANIFEST}")["Body"].read())
+    body = json.loads(boto3.client("s3").get_object(Bucket=BUCKET, Key=f"{prefix}/v1/{MANIFEST_FILE}")["Body"].read())
     assert {name: len(entry["sha256"]) for name, entry in body["files"].items()} == {
         "model.keras": 64, "labels.json": 64}
 

@@ -312,7 +312,7 @@ def test_network_policies_allow_exactly_the_needed_flows(rendered, scenario):
 
 @pytest.mark.parametrize("scenario", ["defaults", "kind", "knative"])
 def test_predictor_args_and_env_parse_with_the_server(rendered, scenario, monkeypatch):
-    from model_server.settings import build_parser, settings_from
+    from model_server.settings import parse_settings
 
     isvc = one(rendered[scenario], "InferenceService")
     server = next(c for c in isvc["spec"]["predictor"]["containers"] if c["name"] == "kserve-container")
@@ -320,11 +320,11 @@ def test_predictor_args_and_env_parse_with_the_server(rendered, scenario, monkey
     for key, value in env_of(server).items():
         if value is not None:
             monkeypatch.setenv(key, value)
-    settings = settings_from(build_parser().parse_args(server["args"]))
+    settings = parse_settings(server["args"])
     assert settings.model_name == "rakuten-classifier" and str(settings.model_uri) == "/mnt/models"
     assert settings.max_batch_size == 32 and settings.max_batch_time == pytest.approx(0.005)
-    assert settings.limits.max_image_bytes == 10 * 1024 * 1024
-    assert str(settings.cache_dir).startswith("/tmp/")
+    assert settings.limits.image.max_bytes == 10 * 1024 * 1024
+    assert str(settings.model_cache_dir).startswith("/tmp/")
 
 
 def test_training_env_parses_with_the_training_job(rendered, monkeypatch):

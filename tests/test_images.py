@@ -28,7 +28,8 @@ import pytest
 from model_server.client import Product, infer_request, infer_url, parse_response, post
 from rakuten_common.labels import PRDTYPECODES
 from tests.conftest import BUCKET
-from tests.servers import REPO, free_port, http_ok
+from rakuten_common.processes import free_port, http_ok, wait_until
+from tests.servers import REPO
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(2400)]
 
@@ -245,19 +246,18 @@ def test_server_image_answers_a_v2_call(trained, images, s3, timings, artifacts_
         docker("run", "-d", "--name", name, "--network", "host", "--read-only", "--tmpfs", "/tmp",
                *env_args({**s3.env, "MODEL_URI": MODEL_URI}), images["server"],
                f"--http_port={http_port}", f"--grpc_port={grpc_port}", timeout=120)
-        deadline, next_check = start + 240, 0.0
-        while not http_ok(f"{url}/v2/health/ready"):
-            now = time.monotonic()
-            if now > deadline:
-                logs = docker("logs", name, check=False)
-                raise AssertionError(f"not ready after 240 s:\n{_tail(logs.stdout + logs.stderr)}")
-            if now > next_check:
-                state = docker("inspect", "-f", "{{.State.Running}} {{.State.ExitCode}}", name).stdout.split()
-                if state[0] != "true":
-                    logs = docker("logs", name, check=False)
-                    raise AssertionError(f"server container exited ({state[1]}):\n{_tail(logs.stdout + logs.stderr)}")
-                next_check = now + 2
-            time.sleep(0.5)
+        def container_gone() -> str | None:
+            state = docker("inspect", "-f", "{{.State.Running}} {{.State.ExitCode}}", name).stdout.split()
+            if state[0] == "true":
+                return None
+            logs = docker("logs", name, check=False)
+            return f"server container exited ({state[1]}):\n{_tail(logs.stdout + logs.stderr)}"
+
+        try:
+            wait_until(lambda: http_ok(f"{url}/v2/health/ready"), 240, "server container", alive=container_gone)
+        except TimeoutError:
+            logs = docker("logs", name, check=False)
+            raise AssertionError(f"not ready after 240 s:\n{_tail(logs.stdout + logs.stderr)}") from None
         timings["server_ready_s"] = round(time.monotonic() - start, 1)
 
         product = Product("Piscine tubulaire ronde 3,66 m", "<p>Filtration &agrave; cartouche incluse</p>", jpeg())

@@ -24,7 +24,7 @@ import yaml
 
 from model_server.client import Product, infer_request, infer_url, post
 from tests.helm import CHART, NAMESPACE, one, render, tools  # noqa: F401
-from tests.servers import ServerProcess, free_port
+from rakuten_common.processes import ServerProcess, free_port
 
 pytestmark = pytest.mark.prometheus
 
@@ -106,7 +106,7 @@ def prometheus(server_url, rules_file, isvc_name, tmp_path_factory):
                              "--log.level=warn"], workdir / "prometheus.log", cwd=workdir)
     url = f"http://127.0.0.1:{port}"
     try:
-        process.wait_until(f"{url}/-/ready", timeout=60)
+        process.wait_until_ready(f"{url}/-/ready", timeout=60)
         yield Prometheus(url, process)
     finally:
         process.stop()

@@ -10,12 +10,12 @@ from kserve.protocol.infer_type import InferRequest
 from kserve.protocol.rest.v2_datamodels import InferenceRequest
 
 from model_server.client import Product, infer_request
-from model_server.codec import RequestLimits, decode_request
+from model_server.codec import decode_request
 from model_server.model import prepare
 from model_server.runner import ModelRunner
+from model_server.settings import Settings
 from rakuten_common.artifacts import fetch
 from rakuten_common.bundle import load_bundle
-from rakuten_common.preprocessing import ImageLimits
 from training_job.dataset import load_dataset
 from training_job.train import load_images, make_inputs
 
@@ -35,7 +35,8 @@ def rows(sample_dir):
 def served_inputs(products, image_size):
     body = InferenceRequest.model_validate(infer_request(products))
     request = InferRequest.from_inference_request(body, "rakuten-classifier")
-    return prepare(decode_request(request, RequestLimits()), image_size, ImageLimits())
+    limits = Settings().limits
+    return prepare(decode_request(request, limits, 27), image_size, limits.image)
 
 
 def test_text_and_image_arrays_are_identical(rows):

@@ -16,7 +16,8 @@ from tests.conftest import BUCKET, run_training
 def run(published):
     client = mlflow.MlflowClient(tracking_uri=published.tracking_uri)
     (experiment,) = [e for e in client.search_experiments() if e.name == "rakuten-classifier"]
-    (found,) = client.search_runs([experiment.experiment_id])
+    runs = client.search_runs([experiment.experiment_id])
+    (found,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     return client, found
 
 
@@ -32,14 +33,21 @@ def manifest(published, s3):
 
 def test_progress_and_missing_images_are_reported(published):
     out = published.stdout
-    assert "2 rows have no image file and are left out" in out
+    assert re.search(r"^\S+ WARNING rakuten\.training: 2 rows have no image file and are left out",
+                     published.stderr, re.MULTILINE), "warnings go to stderr, in the project's log format"
+    assert all(re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d (INFO|WARNING) [\w.]+: ", line)
+               for line in out.splitlines()), "every stdout line is a log record in the one format"
     assert re.search(r"Epoch 10/10", out) and "decoded" in out
     assert re.search(r"uploaded model\.keras .*100%|uploaded .*100% of", out)
     assert "is complete" in out
 
 
 def test_fused_model_beats_each_branch_alone(run):
-    _, found = run
+    client, found = run
+    children = client.search_runs([found.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{found.info.run_id}'")
+    assert sorted(r.info.run_name.rsplit("-", 2)[-2] for r in children) == ["image", "text"]
+    assert all("val_weighted_f1" in r.data.metrics and "loss" in r.data.metrics for r in children)
     metrics = found.data.metrics
     fused, text, image = (metrics[f"val_{k}weighted_f1"] for k in ("", "text_only_", "image_only_"))
     print(f"weighted F1 fused {fused:.3f}, text only {text:.3f}, image only {image:.3f}")

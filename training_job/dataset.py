@@ -8,10 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from rakuten_common.data_layout import LABEL_COLUMN, TRAIN, X_COLUMNS
 from rakuten_common.preprocessing import product_text
-
-X_TRAIN, Y_TRAIN = "X_train_update.csv", "Y_train_CVw08PX.csv"
-IMAGE_DIR = Path("images") / "image_train"
 
 
 class DatasetError(RuntimeError):
@@ -37,16 +35,17 @@ class Dataset:
                        self.codes[positions], self.row_ids[positions], [], self.fingerprint)
 
 
-def image_path(data_dir: Path, imageid: int, productid: int) -> Path:
-    return Path(data_dir) / IMAGE_DIR / f"image_{imageid}_product_{productid}.jpg"
+def has_dataset(data_dir: Path) -> bool:
+    """Whether ``data_dir`` holds the training split's features CSV."""
+    return (Path(data_dir) / TRAIN.features_csv).is_file()
 
 
 def fingerprint(data_dir: Path) -> str:
     """sha256 of both CSV files plus the name and size of every training image."""
     digest = hashlib.sha256()
-    for name in (X_TRAIN, Y_TRAIN):
+    for name in (TRAIN.features_csv, TRAIN.labels_csv):
         digest.update((Path(data_dir) / name).read_bytes())
-    image_dir = Path(data_dir) / IMAGE_DIR
+    image_dir = Path(data_dir) / TRAIN.image_dir
     for entry in sorted(image_dir.iterdir()) if image_dir.is_dir() else []:
         digest.update(f"{entry.name}:{entry.stat().st_size}\n".encode())
     return digest.hexdigest()
@@ -58,24 +57,24 @@ def load_dataset(data_dir: Path, max_rows: int | None = None) -> Dataset:
     Rows whose image file is missing are reported in ``missing_images`` and left out.
     """
     data_dir = Path(data_dir)
-    for name in (X_TRAIN, Y_TRAIN):
+    x_csv, y_csv = TRAIN.features_csv, TRAIN.labels_csv
+    for name in (x_csv, y_csv):
         if not (data_dir / name).is_file():
             raise DatasetError(f"{data_dir / name} not found: expected the Rakuten layout "
-                               f"({X_TRAIN}, {Y_TRAIN}, {IMAGE_DIR}/)")
-    features = pd.read_csv(data_dir / X_TRAIN, index_col=0, keep_default_na=False,
+                               f"({x_csv}, {y_csv}, {TRAIN.image_dir}/)")
+    features = pd.read_csv(data_dir / x_csv, index_col=0, keep_default_na=False,
                            dtype={"designation": str, "description": str})
-    labels = pd.read_csv(data_dir / Y_TRAIN, index_col=0)
-    expected = ["designation", "description", "productid", "imageid"]
-    if list(features.columns) != expected:
-        raise DatasetError(f"{X_TRAIN} columns are {list(features.columns)}, expected {expected}")
-    if "prdtypecode" not in labels.columns:
-        raise DatasetError(f"{Y_TRAIN} has no prdtypecode column")
+    labels = pd.read_csv(data_dir / y_csv, index_col=0)
+    if list(features.columns) != list(X_COLUMNS):
+        raise DatasetError(f"{x_csv} columns are {list(features.columns)}, expected {list(X_COLUMNS)}")
+    if LABEL_COLUMN not in labels.columns:
+        raise DatasetError(f"{y_csv} has no {LABEL_COLUMN} column")
     if not features.index.equals(labels.index):
-        raise DatasetError(f"{X_TRAIN} and {Y_TRAIN} do not have the same row index")
+        raise DatasetError(f"{x_csv} and {y_csv} do not have the same row index")
     table = features.join(labels)
     if max_rows:
         table = table.iloc[:max_rows]
-    paths = [image_path(data_dir, imageid, productid)
+    paths = [TRAIN.image_path(data_dir, imageid, productid)
              for imageid, productid in zip(table["imageid"], table["productid"])]
     present = np.array([path.is_file() for path in paths], dtype=bool)
     texts = np.array([product_text(d, s) for d, s in zip(table["designation"], table["description"])],
@@ -83,7 +82,7 @@ def load_dataset(data_dir: Path, max_rows: int | None = None) -> Dataset:
     return Dataset(
         texts=texts[present],
         image_paths=[path for path, ok in zip(paths, present) if ok],
-        codes=table["prdtypecode"].to_numpy(np.int64)[present],
+        codes=table[LABEL_COLUMN].to_numpy(np.int64)[present],
         row_ids=table.index.to_numpy()[present],
         missing_images=table.index[~present].tolist(),
         fingerprint=fingerprint(data_dir),

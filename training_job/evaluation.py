@@ -2,29 +2,24 @@
 from __future__ import annotations
 
 import numpy as np
+from sklearn import metrics as skm
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """``cm[i, j]`` counts rows of true class index ``i`` predicted as ``j``."""
-    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(cm, (y_true, y_pred), 1)
-    return cm
+    return skm.confusion_matrix(y_true, y_pred, labels=np.arange(num_classes))
 
 
-def classification_metrics(cm: np.ndarray, codes: tuple[int, ...]) -> dict[str, float]:
-    """Accuracy, weighted and macro F1, and per-class precision/recall/F1 keyed by code."""
-    tp = np.diag(cm).astype(float)
-    support = cm.sum(axis=1).astype(float)
-    predicted = cm.sum(axis=0).astype(float)
-    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
-    denominator = precision + recall
-    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(tp), where=denominator > 0)
-    present = support > 0
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, codes: tuple[int, ...]) -> dict[str, float]:
+    """Accuracy, weighted and macro F1 (over the classes present), per-class precision/recall/F1 by code."""
+    labels = np.arange(len(codes))
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0)
+    present = labels[support > 0]
     metrics = {
-        "accuracy": float(tp.sum() / max(support.sum(), 1)),
-        "weighted_f1": float((f1 * support).sum() / max(support.sum(), 1)),
-        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        "weighted_f1": float(skm.f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
+        "macro_f1": float(skm.f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
     }
     for code, p, r, f in zip(codes, precision, recall, f1):
         metrics.update({f"precision_{code}": float(p), f"recall_{code}": float(r), f"f1_{code}": float(f)})

@@ -7,34 +7,10 @@ vocabulary is learnt at training time and saved inside the model) and ``image`` 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import keras
 from keras import layers
 
-#: Image backbones: name -> (keras.applications constructor, input rescaling (scale, offset)).
-BACKBONES = {
-    "mobilenet_v2": ("MobileNetV2", (1 / 127.5, -1.0)),
-    "efficientnet_b0": ("EfficientNetB0", (1.0, 0.0)),  # has its own normalisation layers
-}
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    num_classes: int = 27
-    image_size: int = 128
-    sequence_length: int = 64
-    max_tokens: int = 20_000
-    embedding_dim: int = 64
-    text_filters: int = 128
-    image_filters: tuple[int, ...] = (16, 32, 64)
-    fusion_units: int = 256
-    dropout: float = 0.3
-    branches: tuple[str, ...] = ("text", "image")
-    backbone: str = "cnn"                 # "cnn" or a key of BACKBONES
-    backbone_weights: Path | None = None  # a weights file for the backbone (never downloaded)
-
+from training_job.config import BACKBONES, ModelConfig
 
 def make_vectorizer(config: ModelConfig) -> layers.TextVectorization:
     """Token -> id layer; cleaning and splitting rules live in ``rakuten_common.preprocessing``."""

@@ -1,14 +1,12 @@
-"""MLflow tracking of a training run (local store by default, ``MLFLOW_TRACKING_URI`` honoured)."""
+"""MLflow tracking of a training run: ``MLFLOW_TRACKING_URI``, else MLflow's own default
+(``mlflow.db`` in the working directory, which ``mlflow ui`` started there opens)."""
 from __future__ import annotations
 
 import os
 import subprocess
 from pathlib import Path
 
-import keras
 import mlflow
-
-DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 
 
 def git_commit() -> str:
@@ -23,18 +21,5 @@ def git_commit() -> str:
 
 
 def start_run(experiment: str, run_name: str) -> mlflow.ActiveRun:
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
-        mlflow.set_tracking_uri(DEFAULT_TRACKING_URI)
     mlflow.set_experiment(experiment)
     return mlflow.start_run(run_name=run_name)
-
-
-class EpochMetrics(keras.callbacks.Callback):
-    """Logs Keras' per-epoch metrics to the active MLflow run, prefixed by ``prefix``."""
-
-    def __init__(self, prefix: str = ""):
-        super().__init__()
-        self.prefix = prefix
-
-    def on_epoch_end(self, epoch, logs=None):
-        mlflow.log_metrics({f"{self.prefix}{k}": float(v) for k, v in (logs or {}).items()}, step=epoch)

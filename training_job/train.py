@@ -2,44 +2,31 @@
 track in MLflow, publish a versioned bundle."""
 from __future__ import annotations
 
-import os
+import logging
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import keras
 import mlflow
 import numpy as np
 import tensorflow as tf
+from sklearn.utils.class_weight import compute_class_weight
 
-from rakuten_common.artifacts import Manifest, ensure_new_version, new_version, publish
-from rakuten_common.storage import open_store
-from rakuten_common.bundle import PreprocessingSpec, save_bundle
+from rakuten_common.artifacts import ensure_new_version, publish
+from rakuten_common.bundle import Manifest, PreprocessingSpec, new_version, save_bundle
 from rakuten_common.labels import LabelMap
 from rakuten_common.preprocessing import decode_image
+from rakuten_common.storage import open_store
 from training_job import tracking
+from training_job.config import ModelConfig, TrainConfig
 from training_job.dataset import Dataset, load_dataset, stratified_split
 from training_job.evaluation import classification_metrics, confusion_figure, confusion_matrix
-from training_job.model import ModelConfig, build_model, make_vectorizer
+from training_job.model import build_model, make_vectorizer
 
-
-@dataclass
-class TrainConfig:
-    data_dir: Path
-    model_uri: str
-    model: ModelConfig = field(default_factory=ModelConfig)
-    epochs: int = 8
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    val_fraction: float = 0.2
-    seed: int = 0
-    max_rows: int | None = None
-    ablation: bool = False
-    experiment: str = "rakuten-classifier"
-    version: str | None = None
-    image_workers: int = os.cpu_count() or 2
+logger = logging.getLogger("rakuten.training")
 
 
 @dataclass
@@ -50,8 +37,20 @@ class TrainResult:
     seconds: float
 
 
-def log(message: str) -> None:
-    print(message, flush=True)
+class EpochLog(keras.callbacks.Callback):
+    """One log line per epoch in the project's format (instead of Keras' own progress output)."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = epochs
+        self.started = time.monotonic()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        shown = " ".join(f"{k} {v:.4f}" for k, v in (logs or {}).items() if k != "learning_rate")
+        logger.info("Epoch %d/%d (%.0f s): %s", epoch + 1, self.epochs, time.monotonic() - self.started, shown)
 
 
 def load_images(paths: list[Path], size: int, workers: int) -> np.ndarray:
@@ -65,7 +64,7 @@ def load_images(paths: list[Path], size: int, workers: int) -> np.ndarray:
     with ThreadPoolExecutor(workers) as pool:
         for done, _ in enumerate(pool.map(decode, range(len(paths))), start=1):
             if done % step == 0 or done == len(paths):
-                log(f"  decoded {done}/{len(paths)} images")
+                logger.info("  decoded %d/%d images", done, len(paths))
     return images
 
 
@@ -78,16 +77,15 @@ def make_inputs(texts: np.ndarray, images: np.ndarray, branches: tuple[str, ...]
     return inputs
 
 
-def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
-    """'Balanced' weights n / (k * count_c) so rare codes count as much as common ones."""
-    counts = np.bincount(labels, minlength=num_classes)
-    present = counts > 0
-    return {int(c): float(len(labels) / (present.sum() * counts[c])) for c in np.flatnonzero(present)}
+def class_weights(labels: np.ndarray) -> dict[int, float]:
+    """scikit-learn's 'balanced' weights, so rare codes count as much as common ones."""
+    present = np.unique(labels)
+    return dict(zip(present.tolist(), compute_class_weight("balanced", classes=present, y=labels).tolist()))
 
 
 def fit_and_evaluate(config: TrainConfig, model_config: ModelConfig, train: Dataset, val: Dataset,
                      train_images: np.ndarray, val_images: np.ndarray, labels: LabelMap,
-                     prefix: str = "") -> tuple[keras.Model, dict[str, float], np.ndarray, list[str]]:
+                     ) -> tuple[keras.Model, dict[str, float], np.ndarray, list[str]]:
     """Fit one model and return it with its validation metrics, confusion matrix and vocabulary."""
     keras.utils.set_random_seed(config.seed)
     vectorizer = None
@@ -106,14 +104,14 @@ def fit_and_evaluate(config: TrainConfig, model_config: ModelConfig, train: Data
         .shuffle(len(y_train), seed=config.seed).batch(config.batch_size).prefetch(tf.data.AUTOTUNE))
     val_data = tf.data.Dataset.from_tensor_slices(
         (make_inputs(val.texts, val_images, model_config.branches), y_val)).batch(config.batch_size)
-    log(f"Training {'+'.join(model_config.branches)} model ({model.count_params():,} parameters) "
-        f"for {config.epochs} epochs on {len(y_train)} rows, validating on {len(y_val)}")
-    model.fit(train_data, validation_data=val_data, epochs=config.epochs, verbose=2, shuffle=False,
-              class_weight=class_weights(y_train, len(labels)),
-              callbacks=[tracking.EpochMetrics(prefix)])
+    logger.info("Training %s model (%s parameters) for %d epochs on %d rows, validating on %d",
+                "+".join(model_config.branches), f"{model.count_params():,}", config.epochs, len(y_train), len(y_val))
+    model.fit(train_data, validation_data=val_data, epochs=config.epochs, verbose=0, shuffle=False,
+              class_weight=class_weights(y_train),
+              callbacks=[EpochLog(config.epochs), mlflow.keras.MlflowCallback()])
     predicted = np.argmax(model.predict(val_data, verbose=0), axis=1)
-    cm = confusion_matrix(y_val, predicted, len(labels))
-    return model, classification_metrics(cm, labels.codes), cm, vocabulary
+    return (model, classification_metrics(y_val, predicted, labels.codes),
+            confusion_matrix(y_val, predicted, len(labels)), vocabulary)
 
 
 def run(config: TrainConfig) -> TrainResult:
@@ -122,20 +120,20 @@ def run(config: TrainConfig) -> TrainResult:
     labels = LabelMap()
     version = config.version or new_version()
     ensure_new_version(open_store(config.model_uri), version)  # fail before training, not after
-    log(f"Loading Rakuten data from {config.data_dir}")
-    data = load_dataset(config.data_dir, config.max_rows)
+    logger.info("Loading Rakuten data from %s", config.data_dir)
+    data = load_dataset(config.data_dir, config.max_rows or None)
     if data.missing_images:
         shown = ", ".join(map(str, data.missing_images[:10]))
-        log(f"WARNING: {len(data.missing_images)} rows have no image file and are left out "
-            f"(row ids {shown}{' ...' if len(data.missing_images) > 10 else ''})")
+        logger.warning("%d rows have no image file and are left out (row ids %s%s)", len(data.missing_images),
+                       shown, " ..." if len(data.missing_images) > 10 else "")
     unknown = sorted(set(data.codes.tolist()) - set(labels.codes))
     if unknown:
         raise ValueError(f"labels contain prdtypecodes outside the 27 known ones: {unknown}")
     train_pos, val_pos = stratified_split(data.codes, config.val_fraction, config.seed)
     train, val = data.subset(train_pos), data.subset(val_pos)
-    log(f"{len(data)} rows with images: {len(train)} train / {len(val)} validation (stratified), "
-        f"{len(np.unique(data.codes))} classes; dataset fingerprint {data.fingerprint[:12]}")
-    log(f"Decoding images at {config.model.image_size}x{config.model.image_size}")
+    logger.info("%d rows with images: %d train / %d validation (stratified), %d classes; dataset fingerprint %s",
+                len(data), len(train), len(val), len(np.unique(data.codes)), data.fingerprint[:12])
+    logger.info("Decoding images at %dx%d", config.model.image_size, config.model.image_size)
     all_images = load_images(train.image_paths + val.image_paths, config.model.image_size, config.image_workers)
     train_images, val_images = all_images[:len(train)], all_images[len(train):]
 
@@ -148,15 +146,16 @@ def run(config: TrainConfig) -> TrainResult:
         mlflow.log_metric("rows_missing_image", len(data.missing_images))
         model, metrics, cm, vocabulary = fit_and_evaluate(
             config, config.model, train, val, train_images, val_images, labels)
-        log(f"Validation: weighted F1 {metrics['weighted_f1']:.4f}, accuracy {metrics['accuracy']:.4f}")
+        logger.info("Validation: weighted F1 %.4f, accuracy %.4f", metrics["weighted_f1"], metrics["accuracy"])
         if config.ablation:
             for branch in ("text", "image"):
-                _, alone, _, _ = fit_and_evaluate(config, replace(config.model, branches=(branch,)),
-                                                  train, val, train_images, val_images, labels,
-                                                  prefix=f"{branch}_only_")
+                with mlflow.start_run(run_name=f"{version}-{branch}-only", nested=True):
+                    _, alone, _, _ = fit_and_evaluate(config, replace(config.model, branches=(branch,)),
+                                                      train, val, train_images, val_images, labels)
+                    mlflow.log_metrics({f"val_{k}": v for k, v in alone.items()})
                 metrics[f"{branch}_only_weighted_f1"] = alone["weighted_f1"]
                 metrics[f"{branch}_only_accuracy"] = alone["accuracy"]
-                log(f"Ablation: {branch} branch alone, weighted F1 {alone['weighted_f1']:.4f}")
+                logger.info("Ablation: %s branch alone, weighted F1 %.4f", branch, alone["weighted_f1"])
         mlflow.log_metrics({f"val_{k}": v for k, v in metrics.items()})
         mlflow.log_figure(confusion_figure(cm, labels.codes, f"Validation confusion matrix, {version}"),
                           "confusion_matrix.png")
@@ -168,10 +167,10 @@ def run(config: TrainConfig) -> TrainResult:
             manifest = Manifest(version=version, created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                 metrics=summary, mlflow_run_id=active.info.run_id,
                                 git_commit=tracking.git_commit(), dataset_fingerprint=data.fingerprint)
-            log(f"Publishing version {version} to {config.model_uri}")
-            version_uri = publish(bundle, config.model_uri, manifest, progress=log)
+            logger.info("Publishing version %s to %s", version, config.model_uri)
+            version_uri = publish(bundle, config.model_uri, manifest, progress=logger.info)
         mlflow.set_tag("model_uri", version_uri)
         seconds = time.time() - started
         mlflow.log_metric("training_seconds", seconds)
-    log(f"Done in {seconds:.0f} s: {version_uri} (MLflow run {active.info.run_id})")
+    logger.info("Done in %.0f s: %s (MLflow run %s)", seconds, version_uri, active.info.run_id)
     return TrainResult(version_uri, metrics, active.info.run_id, seconds)
