@@ -36,25 +36,6 @@ def class_counts(rows: int, minimum: int = 6) -> dict[int, int]:
     return counts
 
 
-def _write_split(out: Path, split: str, codes: list[int], rng: np.random.Generator,
-                 first_index: int, missing_images: int, image_size: int) -> list[list]:
-    image_dir = out / "images" / f"image_{split}"
-    image_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    skip = set(rng.choice(len(codes), size=min(missing_images, len(codes)), replace=False).tolist())
-    for position, code in enumerate(codes):
-        index = first_index + position
-        productid, imageid = 200_000_000 + index * 7, 1_000_000_000 + index * 13
-        designation, description = make_text(rng, code)
-        image = make_image(rng, code, image_size)
-        if position not in skip:
-            image.save(image_dir / f"image_{imageid}_product_{productid}.jpg", quality=85)
-        rows.append([index, designation, description, productid, imageid])
-        if (position + 1) % 500 == 0 or position + 1 == len(codes):
-            print(f"  {split}: {position + 1}/{len(codes)} products written", flush=True)
-    return rows
-
-
 def _write_split(out: Path, split: Split, codes: list[int], rng: np.random.Generator,
                  first_index: int, missing_images: int, image_size: int) -> list[list]:
     (out / split.image_dir).mkdir(parents=True, exist_ok=True)
