@@ -14,6 +14,13 @@ HTTP_PORT   ?= 8080
 # Demo training: small enough for a few minutes on 2 CPU cores.
 TRAIN_ARGS  ?= --image-size 64 --epochs 12
 PYTEST_ARGS ?=
+# upload-data: a local dataset in the raw layout -> DATA_URI (s3://bucket/prefix)
+UPLOAD_SRC  ?= $(DATA_DIR)
+DATA_URI    ?= s3://rakuten-datasets/rakuten
+# batch-predict: the test split of DATA_DIR -> PREDICTIONS (a path or s3://bucket/key.csv)
+PREDICTIONS ?= results/predictions.csv
+TOP_K       ?= 1
+MLFLOW_PORT ?= 5000
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
@@ -21,11 +28,11 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # for an offline base image, shellcheck); helm and kubectl come from npm (scripts/install-tools.sh).
 SYSTEM_PACKAGES ?= prometheus docker.io debootstrap shellcheck unzip
 
-.PHONY: help venv system-deps sample-data train serve demo test clean
+.PHONY: help venv system-deps sample-data train serve demo test clean upload-data batch-predict mlflow-ui
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_.-]+:.*?## ' $(MAKEFILE_LIST) | sort -u | \
-	  awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+	  awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
 
 $(STAMP): requirements/*.in requirements/constraints.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) is needed (set PYTHON=...)"; exit 1; }
@@ -53,10 +60,19 @@ serve: $(STAMP) ## Serve the newest version in MODEL_URI on 127.0.0.1:HTTP_PORT 
 demo: train ## Set up, generate data, train, publish, serve, answer one V2 call, stop
 	$(PY) scripts/demo.py --model-uri $(MODEL_URI) --data-dir $(DATA_DIR) --http-port $(HTTP_PORT)
 
+upload-data: $(STAMP) ## Upload the dataset in UPLOAD_SRC (raw layout) to DATA_URI=s3://bucket/prefix, resumable
+	$(PY) -m training_job.upload_data $(UPLOAD_SRC) $(DATA_URI)
+
+batch-predict: $(STAMP) ## Classify DATA_DIR's test split with MODEL_URI into PREDICTIONS (CSV; TOP_K codes each)
+	$(PY) -m training_job.batch_predict --model-uri $(MODEL_URI) --data-dir $(DATA_DIR) --output $(PREDICTIONS) --top-k $(TOP_K)
+
+mlflow-ui: $(STAMP) ## Open MLflow's UI on the local runs (mlflow.db here) at http://127.0.0.1:MLFLOW_PORT
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
+
 test: $(STAMP) ## Run the whole test suite (installs what it needs)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean: ## Remove generated data, models, MLflow runs and results (keeps .venv)
-	rm -rf data model-store mlruns.db mlruns mlartifacts results build
+	rm -rf data model-store mlflow.db mlruns.db mlruns mlartifacts results build
 
 -include mk/*.mk

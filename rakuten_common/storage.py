@@ -66,8 +66,10 @@ def _env_flag(name: str, default: bool) -> bool:
     return default if value is None else value.strip().lower() not in ("0", "false", "no", "")
 
 
-def s3_client():
-    """A boto3 S3 client configured from the environment, the way KServe configures MinIO access."""
+def s3_client(max_pool_connections: int = 10):
+    """A boto3 S3 client configured from the environment, the way KServe configures MinIO access.
+
+    One client serves many threads; give it as many connections as threads using it."""
     import boto3
     from botocore.config import Config
 
@@ -79,7 +81,8 @@ def s3_client():
         endpoint_url=endpoint or None,
         region_name=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1",
         verify=_env_flag("S3_VERIFY_SSL", True),
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 5, "mode": "standard"}),
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 5, "mode": "standard"},
+                      max_pool_connections=max_pool_connections),
     )
 
 
@@ -142,14 +145,19 @@ class S3Store:
             self.client.download_file(self.bucket, self._key(key), str(destination))
 
 
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` -> ``("bucket", "some/prefix")``."""
+    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    if not uri.startswith("s3://") or not bucket:
+        raise StorageError(f"not an s3://bucket/prefix URI: {uri!r}")
+    return bucket, prefix.strip("/")
+
+
 def open_store(uri: str | Path) -> Store:
     """``s3://bucket/prefix`` -> ``S3Store``; a path or ``file://`` path -> ``LocalStore``."""
     uri = str(uri)
     if uri.startswith("s3://"):
-        bucket, _, prefix = uri[len("s3://"):].partition("/")
-        if not bucket:
-            raise StorageError(f"no bucket in storage URI {uri!r}")
-        return S3Store(bucket, prefix)
+        return S3Store(*split_s3_uri(uri))
     if "://" in uri and not uri.startswith("file://"):
         raise StorageError(f"unsupported storage URI {uri!r}: use a local path or s3://bucket/prefix")
     return LocalStore(Path(uri.removeprefix("file://")))

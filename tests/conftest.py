@@ -18,6 +18,7 @@ from training_job import sample_data
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 
 BUCKET = "rakuten-models"
+DATASETS_BUCKET = "rakuten-datasets"
 # Small but real: ~1,600 products, 64 px images, enough epochs to learn both modalities.
 SAMPLE_ROWS = 1600
 TRAIN_ARGS = ["--image-size", "64", "--epochs", "10", "--max-tokens", "5000"]
@@ -36,6 +37,7 @@ class Published:
     stderr: str
     data_dir: Path
     tracking_uri: str
+    data_uri: str
 
 
 @pytest.fixture(scope="session")
@@ -57,8 +59,10 @@ def s3(artifacts_dir) -> S3:
            "AWS_DEFAULT_REGION": "us-east-1"}
     import boto3
 
-    boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
-                 aws_secret_access_key="testing").create_bucket(Bucket=BUCKET)
+    client = boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
+                          aws_secret_access_key="testing")
+    for bucket in (BUCKET, DATASETS_BUCKET):
+        client.create_bucket(Bucket=bucket)
     yield S3(url, env)
     server.stop()
 
@@ -71,25 +75,42 @@ def s3_env(s3, monkeypatch) -> S3:
     return s3
 
 
-def run_training(data_dir: Path, model_uri: str, env: dict[str, str], workdir: Path,
+def run_module(module: str, args: list[str], env: dict[str, str], workdir: Path,
+               timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m <module> <args>`` as a container runs it (the S3 settings in ``env``)."""
+    return subprocess.run([sys.executable, "-m", module, *args],
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **env},
+                          cwd=workdir, capture_output=True, text=True, timeout=timeout)
+
+
+def run_training(data_dir: Path | str, model_uri: str, env: dict[str, str], workdir: Path,
                  extra: list[str] | None = None) -> subprocess.CompletedProcess:
     """The training job's real entrypoint, as the container runs it."""
     return subprocess.run(
         [sys.executable, "-m", "training_job", "--data-dir", str(data_dir), "--model-uri", model_uri,
-         *TRAIN_ARGS, *(extra or [])],
+         "--cache-dir", str(workdir / "cache"), *TRAIN_ARGS, *(extra or [])],
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
              "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}", **env},
         cwd=workdir, capture_output=True, text=True, timeout=1200)
 
 
 @pytest.fixture(scope="session")
-def published(sample_dir, s3, tmp_path_factory) -> Published:
-    """A model trained by the training job and published to s3:// on the S3 API server."""
+def dataset_uri(sample_dir, s3, tmp_path_factory) -> str:
+    """The sample dataset uploaded to the S3 API server with the real upload command."""
+    uri = f"s3://{DATASETS_BUCKET}/sample"
+    done = run_module("training_job.upload_data", [str(sample_dir), uri], s3.env, tmp_path_factory.mktemp("upload"))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return uri
+
+
+@pytest.fixture(scope="session")
+def published(sample_dir, dataset_uri, s3, tmp_path_factory) -> Published:
+    """A model trained by the training job on the dataset in S3 and published to s3://."""
     workdir = tmp_path_factory.mktemp("train")
     uri = f"s3://{BUCKET}/rakuten-classifier"
-    done = run_training(sample_dir, uri, s3.env, workdir, extra=["--ablation"])
+    done = run_training(dataset_uri, uri, s3.env, workdir, extra=["--ablation"])
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return Published(uri, done.stdout, done.stderr, sample_dir, f"sqlite:///{workdir / 'mlflow.db'}")
+    return Published(uri, done.stdout, done.stderr, sample_dir, f"sqlite:///{workdir / 'mlflow.db'}", dataset_uri)
 
 
 @pytest.fixture(scope="session")

@@ -16,8 +16,9 @@ from model_server.runner import ModelRunner
 from model_server.settings import Settings
 from rakuten_common.artifacts import fetch
 from rakuten_common.bundle import load_bundle
+from training_job import image_cache
 from training_job.dataset import load_dataset
-from training_job.train import load_images, make_inputs
+from training_job.inputs import batches
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +40,17 @@ def served_inputs(products, image_size):
     return prepare(decode_request(request, limits, 27), image_size, limits.image)
 
 
-def test_text_and_image_arrays_are_identical(rows):
+def training_images(subset, size, tmp_path):
+    """The pixels as training streams them: decoded once into the on-disk cache, read back by row."""
+    cache = image_cache.build(subset.image_paths, size, tmp_path / "cache", workers=2)
+    return cache, cache.read(np.arange(len(subset)))
+
+
+def test_text_and_image_arrays_are_identical(rows, tmp_path):
     subset, products = rows
     served = served_inputs(products, 64)
     assert list(served["text"]) == list(subset.texts)
-    np.testing.assert_array_equal(served["image"], load_images(subset.image_paths, 64, workers=2))
+    np.testing.assert_array_equal(served["image"], training_images(subset, 64, tmp_path)[1])
 
 
 def test_model_outputs_are_identical(rows, published, s3, tmp_path, monkeypatch):
@@ -52,8 +59,9 @@ def test_model_outputs_are_identical(rows, published, s3, tmp_path, monkeypatch)
     bundle, _ = fetch(published.uri, tmp_path, progress=lambda _: None)
     model, _, spec = load_bundle(bundle)
     subset, products = rows
-    training_view = model.predict(make_inputs(subset.texts, load_images(subset.image_paths, spec.image_size, 2),
-                                              spec.inputs), verbose=0)
+    cache, _ = training_images(subset, spec.image_size, tmp_path)
+    training_view = model.predict(batches(subset.texts, cache, np.arange(len(subset)), None, 8, spec.inputs),
+                                  verbose=0)
     serving_view = ModelRunner(model, spec)(served_inputs(products, spec.image_size))
     np.testing.assert_allclose(serving_view, training_view, atol=1e-5)
     assert serving_view.shape == (12, 27)

@@ -37,7 +37,8 @@ def test_progress_and_missing_images_are_reported(published):
                      published.stderr, re.MULTILINE), "warnings go to stderr, in the project's log format"
     assert all(re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d (INFO|WARNING) [\w.]+: ", line)
                for line in out.splitlines()), "every stdout line is a log record in the one format"
-    assert re.search(r"Epoch 10/10", out) and "decoded" in out
+    assert re.search(r"Epoch 1/10 \(\d+ s\): accuracy", out) and "decoded" in out
+    assert re.search(r"Copying dataset s3://rakuten-datasets/sample", out), "trained from the dataset in S3"
     assert re.search(r"uploaded model\.keras .*100%|uploaded .*100% of", out)
     assert "is complete" in out
 
@@ -68,6 +69,9 @@ def test_mlflow_run_holds_params_metrics_figure_model_and_lineage(run, manifest)
     body, _ = manifest
     assert body["mlflow_run_id"] == found.info.run_id
     assert body["dataset_fingerprint"] == data.tags["dataset_fingerprint"]
+    assert 1 <= data.metrics["val_best_epoch"] <= 10 and data.metrics["val_best_epoch"] == body["metrics"]["best_epoch"]
+    assert 0 < body["metrics"]["eval_weighted_f1"] <= 1, "scored on the fixed evaluation split"
+    assert int(data.params["eval_rows"]) > 0
 
 
 def test_published_version_layout(manifest):
@@ -85,3 +89,24 @@ def test_an_existing_version_is_refused_before_training(published, manifest, s3,
     assert done.returncode == 1
     assert f"version {body['version']} already exists" in done.stderr
     assert "Epoch" not in done.stdout
+
+
+def test_early_stopping_keeps_the_best_epoch(sample_dir, s3, tmp_path):
+    """Labels shuffled: nothing to learn, so validation F1 stops improving and the job stops early."""
+    import shutil
+
+    from rakuten_common.data_layout import TRAIN
+
+    data = tmp_path / "noise"
+    shutil.copytree(sample_dir, data)
+    lines = (data / TRAIN.labels_csv).read_text().splitlines()
+    codes = [line.split(",")[1] for line in lines[1:]]
+    shuffled = codes[7:] + codes[:7]
+    (data / TRAIN.labels_csv).write_text("\n".join([lines[0], *(f"{i},{c}" for i, c in enumerate(shuffled))]) + "\n")
+    done = run_training(data, f"s3://{BUCKET}/early-{tmp_path.name}", s3.env, tmp_path,
+                        extra=["--epochs", "30", "--patience", "2", "--max-rows", "400"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    stop = re.search(r"Early stop after epoch (\d+): best validation weighted F1 [\d.]+ at epoch (\d+)", done.stdout)
+    assert stop, done.stdout[-2000:]
+    stopped, best = int(stop.group(1)), int(stop.group(2))
+    assert stopped < 30 and stopped == best + 2

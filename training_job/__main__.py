@@ -30,8 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
-    args = build_parser().parse_args(argv)
-    return from_args(TrainConfig, args, model=from_args(ModelConfig, args))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return from_args(TrainConfig, args, model=from_args(ModelConfig, args))
+    except ValueError as exc:
+        parser.error(str(exc))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,16 +45,17 @@ def main(argv: list[str] | None = None) -> int:
     from rakuten_common.artifacts import ArtifactError
     from rakuten_common.storage import StorageError
     from training_job import sample_data
+    from training_job.data_source import is_remote
     from training_job.dataset import DatasetError, has_dataset
     from training_job.train import run
 
     configure_logging()  # again: importing MLflow installs its own handlers
-    if config.generate_sample and not has_dataset(config.data_dir):
+    if config.generate_sample and not is_remote(config.data_dir) and not has_dataset(config.data_dir):
         logger.info("Generating a sample dataset of about %d rows in %s", config.generate_sample, config.data_dir)
         sample_data.generate(config.data_dir, rows=config.generate_sample, seed=config.seed)
     try:
         run(config)
-    except (DatasetError, ArtifactError, StorageError, ValueError) as exc:
+    except (DatasetError, ArtifactError, StorageError) as exc:
         logger.error("%s", exc)
         return 1
     return 0

@@ -1,32 +1,36 @@
-"""Training run: load data, fit the fused model (and optionally each branch alone), evaluate,
-track in MLflow, publish a versioned bundle."""
+"""Training run: load data, split it, decode images once to disk, fit the fused model (and
+optionally each branch alone) with early stopping, evaluate, track in MLflow, publish a bundle."""
 from __future__ import annotations
 
 import logging
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import keras
 import mlflow
 import numpy as np
-import tensorflow as tf
-from sklearn.utils.class_weight import compute_class_weight
+from sklearn.utils.class_weight import compute_sample_weight
 
 from rakuten_common.artifacts import ensure_new_version, publish
 from rakuten_common.bundle import Manifest, PreprocessingSpec, new_version, save_bundle
+from rakuten_common.data_layout import TRAIN
 from rakuten_common.labels import LabelMap
-from rakuten_common.preprocessing import decode_image
 from rakuten_common.storage import open_store
-from training_job import tracking
+from training_job import image_cache, tracking
 from training_job.config import ModelConfig, TrainConfig
-from training_job.dataset import Dataset, load_dataset, stratified_split
+from training_job.data_source import local_dataset
+from training_job.dataset import Dataset, DatasetError, load_dataset
 from training_job.evaluation import classification_metrics, confusion_figure, confusion_matrix
+from training_job.inputs import batches
 from training_job.model import build_model, make_vectorizer
+from training_job.splits import three_way_split
 
 logger = logging.getLogger("rakuten.training")
+
+#: Above this share of unreadable images the data is considered broken (not merely noisy).
+MAX_UNREADABLE_SHARE = 0.05
 
 
 @dataclass
@@ -35,6 +39,15 @@ class TrainResult:
     metrics: dict[str, float]
     run_id: str
     seconds: float
+
+
+@dataclass
+class Split:
+    """Row positions of the three splits of one dataset."""
+
+    train: np.ndarray
+    val: np.ndarray
+    evaluation: np.ndarray
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -53,65 +66,84 @@ class EpochLog(keras.callbacks.Callback):
         logger.info("Epoch %d/%d (%.0f s): %s", epoch + 1, self.epochs, time.monotonic() - self.started, shown)
 
 
-def load_images(paths: list[Path], size: int, workers: int) -> np.ndarray:
-    """Decode every image file with the serving decoder, in parallel, reporting progress."""
-    images = np.empty((len(paths), size, size, 3), dtype=np.uint8)
-    step = max(1, len(paths) // 10)
-
-    def decode(i: int) -> None:
-        images[i] = decode_image(paths[i].read_bytes(), size)
-
-    with ThreadPoolExecutor(workers) as pool:
-        for done, _ in enumerate(pool.map(decode, range(len(paths))), start=1):
-            if done % step == 0 or done == len(paths):
-                logger.info("  decoded %d/%d images", done, len(paths))
-    return images
-
-
-def make_inputs(texts: np.ndarray, images: np.ndarray, branches: tuple[str, ...]) -> dict:
-    inputs = {}
-    if "text" in branches:
-        inputs["text"] = tf.constant(texts.astype(str).reshape(-1, 1))
-    if "image" in branches:
-        inputs["image"] = images
-    return inputs
-
-
-def class_weights(labels: np.ndarray) -> dict[int, float]:
-    """scikit-learn's 'balanced' weights, so rare codes count as much as common ones."""
-    present = np.unique(labels)
-    return dict(zip(present.tolist(), compute_class_weight("balanced", classes=present, y=labels).tolist()))
-
-
-def fit_and_evaluate(config: TrainConfig, model_config: ModelConfig, train: Dataset, val: Dataset,
-                     train_images: np.ndarray, val_images: np.ndarray, labels: LabelMap,
-                     ) -> tuple[keras.Model, dict[str, float], np.ndarray, list[str]]:
-    """Fit one model and return it with its validation metrics, confusion matrix and vocabulary."""
+def fit(config: TrainConfig, model_config: ModelConfig, data: Dataset, split: Split,
+        images: image_cache.ImageCache, labels: LabelMap) -> tuple[keras.Model, list[str], int]:
+    """Fit one model with early stopping on validation weighted F1; return it (best weights),
+    its vocabulary and the 1-based number of its best epoch."""
     keras.utils.set_random_seed(config.seed)
-    vectorizer = None
-    vocabulary: list[str] = []
+    vectorizer, vocabulary = None, []
     if "text" in model_config.branches:
         vectorizer = make_vectorizer(model_config)
-        vectorizer.adapt(tf.constant(train.texts.astype(str)))
+        vectorizer.adapt(data.texts[split.train].astype(str), batch_size=4096)
         vocabulary = [str(token) for token in vectorizer.get_vocabulary()]
     model = build_model(model_config, vectorizer)
+    num_classes = len(labels)
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    y_train = np.array([labels.to_index(c) for c in train.codes])
-    y_val = np.array([labels.to_index(c) for c in val.codes])
-    train_data = (tf.data.Dataset.from_tensor_slices(
-        (make_inputs(train.texts, train_images, model_config.branches), y_train))
-        .shuffle(len(y_train), seed=config.seed).batch(config.batch_size).prefetch(tf.data.AUTOTUNE))
-    val_data = tf.data.Dataset.from_tensor_slices(
-        (make_inputs(val.texts, val_images, model_config.branches), y_val)).batch(config.batch_size)
-    logger.info("Training %s model (%s parameters) for %d epochs on %d rows, validating on %d",
-                "+".join(model_config.branches), f"{model.count_params():,}", config.epochs, len(y_train), len(y_val))
-    model.fit(train_data, validation_data=val_data, epochs=config.epochs, verbose=0, shuffle=False,
-              class_weight=class_weights(y_train),
-              callbacks=[EpochLog(config.epochs), mlflow.keras.MlflowCallback()])
-    predicted = np.argmax(model.predict(val_data, verbose=0), axis=1)
-    return (model, classification_metrics(y_val, predicted, labels.codes),
-            confusion_matrix(y_val, predicted, len(labels)), vocabulary)
+                  loss="categorical_crossentropy",
+                  metrics=["accuracy", keras.metrics.F1Score(average="weighted", name="weighted_f1")])
+    y = keras.utils.to_categorical([labels.to_index(c) for c in data.codes], num_classes).astype(np.float32)
+    # 'Balanced' weights (n / (k * count)), computed on the training rows, so rare codes count as much.
+    weights = np.ones(len(data), dtype=np.float32)
+    weights[split.train] = compute_sample_weight("balanced", data.codes[split.train])
+    train_data = batches(data.texts, images, split.train, y, config.batch_size, model_config.branches,
+                         shuffle_seed=config.seed, sample_weights=weights)
+    val_data = batches(data.texts, images, split.val, y, config.batch_size, model_config.branches)
+    stop = keras.callbacks.EarlyStopping(monitor="val_weighted_f1", mode="max", patience=config.patience,
+                                         restore_best_weights=True)
+    logger.info("Training %s model (%s parameters) for up to %d epochs on %d rows, validating on %d",
+                "+".join(model_config.branches), f"{model.count_params():,}", config.epochs,
+                len(split.train), len(split.val))
+    history = model.fit(train_data, validation_data=val_data, epochs=config.epochs, verbose=0, shuffle=False,
+                        callbacks=[EpochLog(config.epochs), stop, mlflow.keras.MlflowCallback()])
+    scores = history.history["val_weighted_f1"]
+    best_epoch = int(np.argmax(scores)) + 1
+    if stop.stopped_epoch:
+        logger.info("Early stop after epoch %d: best validation weighted F1 %.4f at epoch %d (weights restored)",
+                    stop.stopped_epoch + 1, max(scores), best_epoch)
+    return model, vocabulary, best_epoch
+
+
+def predict(model: keras.Model, data: Dataset, rows: np.ndarray, images: image_cache.ImageCache,
+            branches: tuple[str, ...], batch_size: int) -> np.ndarray:
+    """``(len(rows), classes)`` probabilities, streamed like training."""
+    return model.predict(batches(data.texts, images, rows, None, batch_size * 4, branches), verbose=0)
+
+
+def evaluate(probabilities: np.ndarray, codes: np.ndarray, labels: LabelMap) -> tuple[dict[str, float], np.ndarray]:
+    y_true = np.array([labels.to_index(c) for c in codes])
+    y_pred = np.argmax(probabilities, axis=1)
+    return classification_metrics(y_true, y_pred, labels.codes), confusion_matrix(y_true, y_pred, len(labels))
+
+
+def prepare_data(config: TrainConfig, labels: LabelMap) -> tuple[Dataset, Split, image_cache.ImageCache]:
+    """Load, split and decode: everything before the first epoch."""
+    data_dir = local_dataset(config.data_dir, config.cache_dir, TRAIN)
+    logger.info("Loading Rakuten data from %s", data_dir)
+    data = load_dataset(data_dir, config.max_rows or None)
+    if data.missing_images:
+        shown = ", ".join(map(str, data.missing_images[:10]))
+        logger.warning("%d rows have no image file and are left out (row ids %s%s)", len(data.missing_images),
+                       shown, " ..." if len(data.missing_images) > 10 else "")
+    unknown = sorted(set(data.codes.tolist()) - set(labels.codes))
+    if unknown:
+        raise DatasetError(f"labels contain prdtypecodes outside the 27 known ones: {unknown}")
+    images = image_cache.build(data.image_paths, config.model.image_size, Path(config.cache_dir) / "images",
+                               config.image_workers)
+    if images.failed:
+        share = len(images.failed) / len(data)
+        first = next(iter(images.failed.values()))
+        if share > MAX_UNREADABLE_SHARE:
+            raise DatasetError(f"{len(images.failed)} of {len(data)} images ({share:.1%}) cannot be decoded, "
+                               f"over the {MAX_UNREADABLE_SHARE:.0%} limit; first: {first}")
+        logger.warning("%d images cannot be decoded and their rows are left out; first: %s",
+                       len(images.failed), first)
+    usable = np.setdiff1d(np.arange(len(data)), np.fromiter(images.failed, dtype=np.int64))
+    train, val, evaluation = (usable[rows] for rows in three_way_split(
+        data.productids[usable], data.codes[usable], config.eval_fraction, config.val_fraction, config.seed))
+    logger.info("%d rows with images: %d train / %d validation (stratified) / %d evaluation (fixed by productid), "
+                "%d classes; dataset fingerprint %s", len(usable), len(train), len(val), len(evaluation),
+                len(np.unique(data.codes)), data.fingerprint[:12])
+    return data, Split(train, val, evaluation), images
 
 
 def run(config: TrainConfig) -> TrainResult:
@@ -120,48 +152,47 @@ def run(config: TrainConfig) -> TrainResult:
     labels = LabelMap()
     version = config.version or new_version()
     ensure_new_version(open_store(config.model_uri), version)  # fail before training, not after
-    logger.info("Loading Rakuten data from %s", config.data_dir)
-    data = load_dataset(config.data_dir, config.max_rows or None)
-    if data.missing_images:
-        shown = ", ".join(map(str, data.missing_images[:10]))
-        logger.warning("%d rows have no image file and are left out (row ids %s%s)", len(data.missing_images),
-                       shown, " ..." if len(data.missing_images) > 10 else "")
-    unknown = sorted(set(data.codes.tolist()) - set(labels.codes))
-    if unknown:
-        raise ValueError(f"labels contain prdtypecodes outside the 27 known ones: {unknown}")
-    train_pos, val_pos = stratified_split(data.codes, config.val_fraction, config.seed)
-    train, val = data.subset(train_pos), data.subset(val_pos)
-    logger.info("%d rows with images: %d train / %d validation (stratified), %d classes; dataset fingerprint %s",
-                len(data), len(train), len(val), len(np.unique(data.codes)), data.fingerprint[:12])
-    logger.info("Decoding images at %dx%d", config.model.image_size, config.model.image_size)
-    all_images = load_images(train.image_paths + val.image_paths, config.model.image_size, config.image_workers)
-    train_images, val_images = all_images[:len(train)], all_images[len(train):]
+    data, split, images = prepare_data(config, labels)
+    branches = config.model.branches
 
     with tracking.start_run(config.experiment, run_name=version) as active:
         mlflow.log_params({**{k: v for k, v in asdict(config).items() if k not in ("model", "data_dir")},
                            **{f"model.{k}": v for k, v in asdict(config.model).items()},
-                           "data_dir": str(config.data_dir), "train_rows": len(train), "val_rows": len(val)})
+                           "data_dir": str(config.data_dir), "train_rows": len(split.train),
+                           "val_rows": len(split.val), "eval_rows": len(split.evaluation)})
         mlflow.set_tags({"mlflow.source.git.commit": tracking.git_commit(), "model_version": version,
                          "dataset_fingerprint": data.fingerprint})
         mlflow.log_metric("rows_missing_image", len(data.missing_images))
-        model, metrics, cm, vocabulary = fit_and_evaluate(
-            config, config.model, train, val, train_images, val_images, labels)
-        logger.info("Validation: weighted F1 %.4f, accuracy %.4f", metrics["weighted_f1"], metrics["accuracy"])
+        model, vocabulary, best_epoch = fit(config, config.model, data, split, images, labels)
+        val_probabilities = predict(model, data, split.val, images, branches, config.batch_size)
+        metrics, cm = evaluate(val_probabilities, data.codes[split.val], labels)
+        metrics["best_epoch"] = best_epoch
+        logger.info("Validation: weighted F1 %.4f, accuracy %.4f (best epoch %d)",
+                    metrics["weighted_f1"], metrics["accuracy"], best_epoch)
+        if len(split.evaluation):
+            evaluation, _ = evaluate(predict(model, data, split.evaluation, images, branches, config.batch_size),
+                                     data.codes[split.evaluation], labels)
+            metrics.update({f"eval_{k}": v for k, v in evaluation.items()})
+            logger.info("Evaluation split: weighted F1 %.4f, accuracy %.4f",
+                        evaluation["weighted_f1"], evaluation["accuracy"])
         if config.ablation:
             for branch in ("text", "image"):
                 with mlflow.start_run(run_name=f"{version}-{branch}-only", nested=True):
-                    _, alone, _, _ = fit_and_evaluate(config, replace(config.model, branches=(branch,)),
-                                                      train, val, train_images, val_images, labels)
-                    mlflow.log_metrics({f"val_{k}": v for k, v in alone.items()})
-                metrics[f"{branch}_only_weighted_f1"] = alone["weighted_f1"]
-                metrics[f"{branch}_only_accuracy"] = alone["accuracy"]
-                logger.info("Ablation: %s branch alone, weighted F1 %.4f", branch, alone["weighted_f1"])
+                    alone_config = replace(config.model, branches=(branch,))
+                    alone, _, alone_best = fit(config, alone_config, data, split, images, labels)
+                    alone_metrics, _ = evaluate(predict(alone, data, split.val, images, (branch,), config.batch_size),
+                                                data.codes[split.val], labels)
+                    mlflow.log_metrics({**{f"val_{k}": v for k, v in alone_metrics.items()}, "best_epoch": alone_best})
+                metrics[f"{branch}_only_weighted_f1"] = alone_metrics["weighted_f1"]
+                metrics[f"{branch}_only_accuracy"] = alone_metrics["accuracy"]
+                logger.info("Ablation: %s branch alone, weighted F1 %.4f", branch, alone_metrics["weighted_f1"])
         mlflow.log_metrics({f"val_{k}": v for k, v in metrics.items()})
         mlflow.log_figure(confusion_figure(cm, labels.codes, f"Validation confusion matrix, {version}"),
                           "confusion_matrix.png")
-        summary = {k: v for k, v in metrics.items() if not k.startswith(("precision_", "recall_", "f1_"))}
+        per_class = ("precision_", "recall_", "f1_")
+        summary = {k: v for k, v in metrics.items() if not k.removeprefix("eval_").startswith(per_class)}
         with tempfile.TemporaryDirectory() as tmp:
-            spec = PreprocessingSpec(config.model.image_size, config.model.sequence_length, config.model.branches)
+            spec = PreprocessingSpec(config.model.image_size, config.model.sequence_length, branches)
             bundle = save_bundle(model, labels, spec, vocabulary, Path(tmp) / version)
             mlflow.log_artifacts(str(bundle), artifact_path="model")
             manifest = Manifest(version=version, created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
