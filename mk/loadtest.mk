@@ -38,3 +38,9 @@ benchmark: $(STAMP) ## Ceiling vs served throughput/latency, batching on/off, co
 	@dir=results/benchmark-$(RESULTS_STAMP); mkdir -p $$dir; set -o pipefail; \
 	$(PY) benchmarks/serving_benchmark.py --model-uri $(MODEL_URI) --json $$dir/benchmark.json $(BENCH_ARGS) \
 	  | tee $$dir/benchmark.txt
+
+.PHONY: benchmark-training
+benchmark-training: $(STAMP) ## Peak RSS and samples/s of one training epoch at 10k/40k/85k rows, 128 px (TRAINING_BENCH_ARGS)
+	@dir=results/benchmark-training-$(RESULTS_STAMP); mkdir -p $$dir; set -o pipefail; \
+	$(PY) benchmarks/training_memory.py --workdir $$dir/work --json $$dir/training-memory.json $(TRAINING_BENCH_ARGS) \
+	  | tee $$dir/training-memory.txt

@@ -44,7 +44,7 @@ class Settings:
     max_batch_time_ms: float = option(5.0, env="MAX_BATCH_TIME_MS",
                                       help="max wait for more requests, only while some are on their way")
     preprocess_workers: int = option(os.cpu_count() or 2, env="PREPROCESS_WORKERS",
-                                     shown=f"the CPU count, {os.cpu_count() or 2} here",
+                                     shown="the CPU count",
                                      help="threads decoding images and cleaning text")
     # -- request limits (refused with a 400 naming the limit) ------------------------------------
     max_request_items: int = option(64, env="MAX_REQUEST_ITEMS", help="max products (N) in one request")
