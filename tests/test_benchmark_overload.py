@@ -147,6 +147,7 @@ def test_watch_samples_probes_and_reads_rss_from_metrics(stand_in):
     assert seen.probes["ready"].samples > 0 and seen.probes["metrics"].failures == 0
     assert seen.rss_peak_bytes == 7.5e8 and seen.rss_source == "process_resident_memory_bytes"
     assert seen.limit_hit_at_s is not None  # 750 MB > 700 MB
+    assert watch.last_metrics == METRICS
 
 
 def test_metrics_are_read_with_the_prometheus_parser():

@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import json
 import pickle
-import resource
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from benchmarks.serving.common import percentile, process_cpu_seconds, run_module
+from benchmarks.serving.common import (own_cpu_seconds, percentile, process_cpu_seconds, run_event_loop,
+                                       run_module)
 from benchmarks.serving.metrics import histogram_sum_count, scrape
 from loadtests.products import Encoded, check_answer
 from model_server.client import infer_url
@@ -46,11 +46,6 @@ class Cell:
         return self.errors / total if total else 1.0
 
 
-def _own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 async def run_cell(session, url: str, base_url: str, requests: list[Encoded], top_k: int, cell: Cell,
                    duration: float, warmup: float, server_pid: int) -> Cell:
     """Drive ``cell.concurrency`` users for ``warmup + duration`` seconds; measure the last ``duration``."""
@@ -62,7 +57,7 @@ async def run_cell(session, url: str, base_url: str, requests: list[Encoded], to
 
     async def mark_start():
         await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
-        marks["start"] = (time.perf_counter(), process_cpu_seconds(server_pid), _own_cpu_seconds())
+        marks["start"] = (time.perf_counter(), process_cpu_seconds(server_pid), own_cpu_seconds())
 
     async def user(i: int):
         k = i
@@ -97,7 +92,7 @@ async def run_cell(session, url: str, base_url: str, requests: list[Encoded], to
     wall0, server0, client0 = marks["start"]
     window = end - wall0
     server_cpu = process_cpu_seconds(server_pid) - server0
-    client_cpu = _own_cpu_seconds() - client0
+    client_cpu = own_cpu_seconds() - client0
     batch_after = histogram_sum_count(scrape(base_url), "rakuten_batch_size")
     latencies.sort()
     cell.requests, cell.errors, cell.first_error = len(latencies), state["errors"], state["first_error"]
@@ -129,15 +124,6 @@ async def _run_cells(spec: dict) -> list[dict]:
                                   Cell(payload, concurrency), spec["duration"], spec["warmup"], spec["server_pid"])
         results.append(asdict(cell))
     return results
-
-
-def run_event_loop(coroutine):
-    """Run ``coroutine`` on uvloop when installed (a cheaper client), else on asyncio's loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coroutine)
-    return uvloop.run(coroutine)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,10 +1,12 @@
 """Measuring helpers shared by the benchmarks: percentiles, CPU and memory from /proc, the machine."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
 import platform
+import resource
 import subprocess
 import sys
 from datetime import datetime
@@ -67,6 +69,21 @@ def process_memory_bytes(pid: int) -> dict[str, int]:
     except OSError:
         return {}
     return out
+
+
+def own_cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_event_loop(coroutine):
+    """Run ``coroutine`` on uvloop when installed (a cheaper client), else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
 
 
 def machine_info() -> dict:

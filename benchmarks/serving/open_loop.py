@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from benchmarks.serving.common import REPO, child_env, percentile, python_module
+from benchmarks.serving.common import (REPO, child_env, own_cpu_seconds, percentile, python_module,
+                                       run_event_loop)
 from loadtests.products import Encoded, check_answer
 
 SHED_STATUSES = (429, 503)
@@ -121,6 +122,7 @@ class LoadSummary:
     errors: int = 0
     admitted_p50_ms: float = float("nan")
     admitted_p99_ms: float = float("nan")
+    sender_cpu_cores: float = float("nan")  # CPU the sender processes used while sending, per second
     error_kinds: dict[str, int] = field(default_factory=dict)
 
 
@@ -154,10 +156,10 @@ def _sender(spec: dict) -> dict:
     print("ready", flush=True)  # imports done: wait for the common start time
     start_at = float(sys.stdin.readline())
     time.sleep(max(0.0, start_at - time.time()))
-    from benchmarks.serving.closed_loop import run_event_loop
-
+    cpu_before, started = own_cpu_seconds(), time.monotonic()
     records, errors = run_event_loop(drive(spec["url"], requests, schedule, spec["deadline"], spec["top_k"], headers))
-    return {"records": records, "errors": errors}
+    return {"records": records, "errors": errors,
+            "cpu_cores": (own_cpu_seconds() - cpu_before) / (time.monotonic() - started)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,13 +201,16 @@ def run_open_loop(workdir: Path, url: str, rate: float, duration: float, deadlin
             if sender.poll() is None:
                 sender.kill()
                 sender.wait()
-    records, errors = [], {}
+    records, errors, cpu_cores = [], {}, 0.0
     for spec in specs:
         result = json.loads(Path(spec["results_file"]).read_text())
         records += [Record(*row) for row in result["records"]]
+        cpu_cores += result["cpu_cores"]
         for kind, n in result["errors"].items():
             errors[kind] = errors.get(kind, 0) + n
-    return summarise(records, rate, duration, errors)
+    summary = summarise(records, rate, duration, errors)
+    summary.sender_cpu_cores = cpu_cores
+    return summary
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from benchmarks.serving.closed_loop import run_client, write_requests
 from benchmarks.serving.common import log, machine_info
-from benchmarks.serving.metrics import dropped_work, model_rows, scrape
+from benchmarks.serving.metrics import Scrape, dropped_work, model_rows, scrape
 from benchmarks.serving.open_loop import run_open_loop
 from benchmarks.serving.settings import OverloadSettings, parse
 from benchmarks.serving.watch import Watch
@@ -104,8 +104,12 @@ def overload(settings: OverloadSettings, target: Target, workdir: Path, multiple
                             label=f"{multiple:g}x")
     drain = wait_idle(target, settings.drain_timeout)
     seen = watch.stop()
-    after = scrape(target.url)
-    server: dict = {"drain_s": drain, "killed_above_memory_limit": target.killed}
+    after = scrape(target.url) if target.alive() else None
+    server: dict = {"drain_s": drain, "killed_above_memory_limit": target.killed,
+                    "metrics_until": "idle" if drain is not None else "end of the watch"}
+    if after is None and watch.last_metrics is not None:  # killed or unresponsive: its last answer
+        after = Scrape.parse(watch.last_metrics.decode("utf-8", errors="replace"))
+        server["metrics_until"] = "last /metrics answer before the end (a lower bound)"
     if before is not None and after is not None:
         ran = model_rows(after) - model_rows(before)
         server["model_rows"] = ran

@@ -52,7 +52,8 @@ class ServingSettings(CommonSettings):
     payloads: tuple[str, ...] = option(("base64", "binary"), type=word_list, metavar="LIST", shown="base64,binary",
                                        help="request forms: base64 JSON, binary tensor data extension")
     cold_starts: int | None = option(None, type=int, shown="2, --quick 1", help="cold starts from S3")
-    skip: tuple[str, ...] = option((), type=word_list, metavar="LIST", shown="none", help="parts to skip: ceiling,served,cold")
+    skip: tuple[str, ...] = option((), type=word_list, metavar="LIST", shown="none",
+                                   help="parts to skip: ceiling,served,cold")
 
     def resolved(self) -> "ServingSettings":
         """The quick/full defaults filled in."""

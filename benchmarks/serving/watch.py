@@ -59,6 +59,7 @@ class Watch:
         self.latencies: dict[str, list[float]] = {name: [] for name in PROBES}
         self.failures: dict[str, int] = {name: 0 for name in PROBES}
         self.rss: list[float] = []
+        self.last_metrics: bytes | None = None  # the last /metrics answer (for figures after a kill)
         self.limit_hit_at: float | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -86,7 +87,10 @@ class Watch:
         self.latencies[name].append(time.monotonic() - started)
         if not ok:
             self.failures[name] += 1
-        elif name == "metrics" and not self.pid:
+            return
+        if name == "metrics":
+            self.last_metrics = body
+        if name == "metrics" and not self.pid:
             rss = Scrape.parse(body.decode("utf-8", errors="replace")).total("process_resident_memory_bytes")
             if rss is not None:
                 self._observe_rss(rss)
