@@ -114,6 +114,8 @@ def test_summary_counts_and_percentiles():
     s = summarise(records, offered_rps=50.0, duration=2.0)
     assert (s.sent, s.ok, s.shed, s.shed_with_retry_after, s.timeouts, s.errors) == (106, 100, 3, 3, 2, 1)
     assert s.sent_rps == 53.0 and s.goodput_rps == 50.0
+    late = summarise([Record(0.5, 3.5, 0.01, "ok", 200, False)] * 8, offered_rps=4.0, duration=2.0)
+    assert late.sent_rps == 2.0  # the last request left at 4 s: 8 requests in 4 s, not in 2
     assert s.admitted_p50_ms == pytest.approx(510.0) and s.admitted_p99_ms == pytest.approx(990.0)
     assert s.shed_p99_ms == pytest.approx(2.0)
 
