@@ -96,9 +96,11 @@ def run(settings: ServingSettings, workdir: Path, report: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     settings = parse(ServingSettings, argv, __doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
-    unknown = set(settings.skip) - set(PARTS)
-    if unknown:
-        raise SystemExit(f"--skip: unknown part(s) {sorted(unknown)}; choose from {', '.join(PARTS)}")
+    from loadtests.products import PAYLOADS
+
+    for flag, given, known in (("--skip", settings.skip, PARTS), ("--payloads", settings.payloads, PAYLOADS)):
+        if set(given) - set(known):
+            raise SystemExit(f"{flag}: unknown {sorted(set(given) - set(known))}; choose from {', '.join(known)}")
     configure_logging()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported (ceiling)
     from benchmarks.serving.report import render
