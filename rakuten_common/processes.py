@@ -66,10 +66,10 @@ class ServerProcess:
             return None
         return f"{' '.join(self.args[:3])} exited with {self.process.returncode}:\n{self.logs()[-4000:]}"
 
-    def wait_until_ready(self, url: str, timeout: float) -> float:
+    def wait_until_ready(self, url: str, timeout: float, interval: float = 0.5) -> float:
         """Poll ``url`` until it answers 2xx; return the seconds it took. Stops the process on timeout."""
         try:
-            return wait_until(lambda: http_ok(url), timeout, url, alive=self.exited)
+            return wait_until(lambda: http_ok(url), timeout, url, interval=interval, alive=self.exited)
         except TimeoutError as exc:
             self.stop()
             raise TimeoutError(f"{exc}:\n{self.logs()[-4000:]}") from None
