@@ -8,13 +8,16 @@ warning (one process per pod keeps batching and ``/metrics`` whole).
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from rakuten_common.bundle import MODEL_NAME
+from rakuten_common.cpu import available_cpus
 from rakuten_common.options import HelpFormatter, add_options, from_args, option
 from rakuten_common.preprocessing import ImageLimits
+
+#: Thread pools default to the container's CPU limit (rakuten_common.cpu), not the node's cores.
+_CPUS = available_cpus()
 
 
 @dataclass(frozen=True)
@@ -43,9 +46,12 @@ class Settings:
                                  help="max products per model call; 1 disables adaptive batching")
     max_batch_time_ms: float = option(5.0, env="MAX_BATCH_TIME_MS",
                                       help="max wait for more requests, only while some are on their way")
-    preprocess_workers: int = option(os.cpu_count() or 2, env="PREPROCESS_WORKERS",
-                                     shown=f"the CPU count, {os.cpu_count() or 2} here",
+    preprocess_workers: int = option(_CPUS, env="PREPROCESS_WORKERS", shown=f"the CPU limit, {_CPUS} here",
                                      help="threads decoding images and cleaning text")
+    tf_intra_op_threads: int = option(_CPUS, env="TF_INTRA_OP_THREADS", shown=f"the CPU limit, {_CPUS} here",
+                                      help="threads working inside one model op (TF intra-op pool)")
+    tf_inter_op_threads: int = option(_CPUS, env="TF_INTER_OP_THREADS", shown=f"the CPU limit, {_CPUS} here",
+                                      help="model ops run at once (TF inter-op pool)")
     # -- request limits (refused with a 400 naming the limit) ------------------------------------
     max_request_items: int = option(64, env="MAX_REQUEST_ITEMS", help="max products (N) in one request")
     max_text_chars: int = option(20_000, env="MAX_TEXT_CHARS",
