@@ -42,9 +42,10 @@ class WaitSettings:
 
 
 def bucket_problem(bucket: str) -> str | None:
+    """A listing, not HeadBucket: it needs s3:ListBucket everywhere (MinIO, AWS, moto alike)."""
     from rakuten_common.storage import s3_client
 
-    s3_client().head_bucket(Bucket=bucket)
+    s3_client().list_objects_v2(Bucket=bucket, MaxKeys=1)
     return None
 
 

@@ -11,8 +11,9 @@ from rakuten_common.bundle import MODEL_NAME
 from rakuten_common.cpu import available_cpus
 from rakuten_common.options import option
 
-#: Thread pools default to the container's CPU limit (rakuten_common.cpu), not the node's cores.
-_CPUS = available_cpus()
+#: Thread pools default to the container's CPU limit (rakuten_common.cpu), not the node's cores;
+#: read when the parser is built, so CPU_LIMIT set by then counts.
+_CPU_LIMIT = "the CPU limit (CPU_LIMIT, cgroup quota or usable CPUs)"
 
 #: Image backbones: name -> (keras.applications constructor, input rescaling (scale, offset)).
 BACKBONES = {
@@ -65,9 +66,9 @@ class TrainConfig:
     experiment: str = option(MODEL_NAME, env="MLFLOW_EXPERIMENT_NAME", help="MLflow experiment")
     version: str | None = option(None, env="MODEL_VERSION", metavar="ID", shown="a UTC timestamp",
                                  help="version id to publish")
-    tf_intra_op_threads: int = option(_CPUS, env="TF_INTRA_OP_THREADS", shown=f"the CPU limit, {_CPUS} here",
+    tf_intra_op_threads: int = option(default_factory=available_cpus, env="TF_INTRA_OP_THREADS", shown=_CPU_LIMIT,
                                       help="threads working inside one model op (TF intra-op pool)")
-    tf_inter_op_threads: int = option(_CPUS, env="TF_INTER_OP_THREADS", shown=f"the CPU limit, {_CPUS} here",
+    tf_inter_op_threads: int = option(default_factory=available_cpus, env="TF_INTER_OP_THREADS", shown=_CPU_LIMIT,
                                       help="model ops run at once (TF inter-op pool)")
     model: ModelConfig = field(default_factory=ModelConfig)
-    image_workers: int = _CPUS
+    image_workers: int = field(default_factory=available_cpus)

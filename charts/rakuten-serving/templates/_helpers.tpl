@@ -108,10 +108,6 @@ imagePullSecrets:
 {{- printf "%s-train" (include "rakuten-serving.fullname" .) -}}
 {{- end -}}
 
-{{- define "rakuten-serving.scripts.fullname" -}}
-{{- printf "%s-scripts" (include "rakuten-serving.fullname" .) -}}
-{{- end -}}
-
 {{/* Name of the InferenceService; KServe names its predictor Deployment/Service "<name>-predictor". */}}
 {{- define "rakuten-serving.isvcName" -}}
 {{- default (include "rakuten-serving.fullname" .) .Values.predictor.inferenceServiceName | trunc 45 | trimSuffix "-" -}}
@@ -147,10 +143,35 @@ default
 {{- end -}}
 
 {{/* ---- Credentials and S3 wiring ---------------------------------------------------- */}}
+{{/*
+With the bundled MinIO, the root credentials (auth.*, Secret "<fullname>-s3") belong to MinIO and
+its provisioning Job only; every other component has a MinIO user of its own, with a policy
+limited to what it needs, in Secret "<fullname>-s3-<component>". With an external S3, auth.* is
+the one credential every component uses.
+*/}}
 
-{{/* Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (the key names KServe looks for). */}}
+{{/* Secret with the root (or, external S3: the shared) AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY. */}}
 {{- define "rakuten-serving.secretName" -}}
 {{- default (printf "%s-s3" (include "rakuten-serving.fullname" .)) .Values.auth.existingSecret -}}
+{{- end -}}
+
+{{/* The components that get a MinIO user of their own, and what each may do. */}}
+{{- define "rakuten-serving.s3.components" -}}
+predictor training mlflow
+{{- end -}}
+
+{{/* MinIO user name of a component. Usage: include "rakuten-serving.s3.user" (dict "context" $ "component" "training") */}}
+{{- define "rakuten-serving.s3.user" -}}
+{{- printf "%s-%s" (include "rakuten-serving.name" .context) .component -}}
+{{- end -}}
+
+{{/* Secret holding a component's S3 credentials (the keys KServe and boto3 read). Same usage. */}}
+{{- define "rakuten-serving.s3.secretName" -}}
+{{- if .context.Values.minio.enabled -}}
+{{- printf "%s-s3-%s" (include "rakuten-serving.fullname" .context) .component -}}
+{{- else -}}
+{{- include "rakuten-serving.secretName" .context -}}
+{{- end -}}
 {{- end -}}
 
 {{/* host:port of the S3 API, as KServe's s3-endpoint annotation wants it. */}}
@@ -168,22 +189,55 @@ default
 {{- printf "%s://%s" (ternary "https" "http" .Values.s3.useHttps) (include "rakuten-serving.s3.endpoint" .) -}}
 {{- end -}}
 
+{{/* The annotations KServe's credential builder reads on the Secret (never on the ServiceAccount). */}}
+{{- define "rakuten-serving.s3.kserveAnnotations" -}}
+serving.kserve.io/s3-endpoint: {{ include "rakuten-serving.s3.endpoint" . | quote }}
+serving.kserve.io/s3-usehttps: {{ ternary "1" "0" .Values.s3.useHttps | quote }}
+serving.kserve.io/s3-verifyssl: {{ ternary "1" "0" .Values.s3.verifySsl | quote }}
+serving.kserve.io/s3-region: {{ .Values.s3.region | quote }}
+{{- end -}}
+
 {{/* The one place the model location is defined: the training Job writes it, KServe reads it. */}}
 {{- define "rakuten-serving.modelUri" -}}
 {{- printf "s3://%s/%s" .Values.s3.bucket (trimAll "/" .Values.s3.prefix) -}}
 {{- end -}}
 
-{{/* Environment of every S3 client of the chart (boto3, mlflow, KServe-style variables). */}}
+{{/* Where MLflow stores run artifacts. */}}
+{{- define "rakuten-serving.mlflow.artifactsDestination" -}}
+{{- default (printf "s3://%s/artifacts" .Values.s3.mlflowBucket) .Values.mlflow.artifactsDestination -}}
+{{- end -}}
+
+{{/* Bucket of an s3://bucket/prefix URI (empty for anything else). */}}
+{{- define "rakuten-serving.s3.bucketOf" -}}
+{{- if hasPrefix "s3://" . -}}{{- (splitList "/" (trimPrefix "s3://" .)) | first -}}{{- end -}}
+{{- end -}}
+
+{{/* Buckets the provisioning Job creates: models, datasets, MLflow artifacts (and any bucket the data/output URIs name). */}}
+{{- define "rakuten-serving.s3.buckets" -}}
+{{- $buckets := list .Values.s3.bucket .Values.s3.datasetsBucket -}}
+{{- if .Values.mlflow.enabled -}}
+{{- $buckets = append $buckets (include "rakuten-serving.s3.bucketOf" (include "rakuten-serving.mlflow.artifactsDestination" .)) -}}
+{{- end -}}
+{{- range $uri := list .Values.training.data.uri (include "rakuten-serving.batchPredict.dataUri" .) (include "rakuten-serving.batchPredict.outputUri" .) -}}
+{{- with include "rakuten-serving.s3.bucketOf" $uri -}}{{- $buckets = append $buckets . -}}{{- end -}}
+{{- end -}}
+{{- $buckets | compact | uniq | join " " -}}
+{{- end -}}
+
+{{/* Environment of an S3 client of the chart (boto3, mlflow, KServe-style variables).
+     Usage: include "rakuten-serving.s3.env" (dict "context" $ "component" "training") */}}
 {{- define "rakuten-serving.s3.env" -}}
+{{- $secret := include "rakuten-serving.s3.secretName" . -}}
+{{- with .context -}}
 - name: AWS_ACCESS_KEY_ID
   valueFrom:
     secretKeyRef:
-      name: {{ include "rakuten-serving.secretName" . }}
+      name: {{ $secret }}
       key: AWS_ACCESS_KEY_ID
 - name: AWS_SECRET_ACCESS_KEY
   valueFrom:
     secretKeyRef:
-      name: {{ include "rakuten-serving.secretName" . }}
+      name: {{ $secret }}
       key: AWS_SECRET_ACCESS_KEY
 - name: AWS_ENDPOINT_URL
   value: {{ include "rakuten-serving.s3.url" . | quote }}
@@ -195,6 +249,33 @@ default
   value: {{ ternary "1" "0" .Values.s3.verifySsl | quote }}
 - name: AWS_DEFAULT_REGION
   value: {{ .Values.s3.region | quote }}
+{{- end -}}
+{{- end -}}
+
+{{/* CPU_LIMIT from the container's limits.cpu (downward API): rakuten_common.cpu sizes the
+     preprocessing pool and TensorFlow's threads from it. Knative gates fieldRef/resourceFieldRef
+     behind a feature flag, so there the chart writes the limit itself.
+     Usage: include "rakuten-serving.cpuLimitEnv" (dict "container" "train" "resources" $r "literal" false) */}}
+{{- define "rakuten-serving.cpuLimitEnv" -}}
+- name: CPU_LIMIT
+{{- if .literal }}
+  value: {{ required "resources.limits.cpu is required (threads are sized from it)" .resources.limits.cpu | toString | quote }}
+{{- else }}
+  valueFrom:
+    resourceFieldRef:
+      containerName: {{ .container }}
+      resource: limits.cpu
+{{- end }}
+{{- end -}}
+
+{{/* ---- Batch prediction --------------------------------------------------------------- */}}
+
+{{- define "rakuten-serving.batchPredict.dataUri" -}}
+{{- default .Values.training.data.uri .Values.batchPredict.dataUri -}}
+{{- end -}}
+
+{{- define "rakuten-serving.batchPredict.outputUri" -}}
+{{- default (printf "s3://%s/predictions/%s-%d.csv" .Values.s3.datasetsBucket .Release.Name (int .Release.Revision)) .Values.batchPredict.outputUri -}}
 {{- end -}}
 
 {{/* MLflow tracking URI given to training. */}}
@@ -222,13 +303,6 @@ default
     sizeLimit: {{ .sizeLimit | default "256Mi" }}
 {{- end -}}
 
-{{- define "rakuten-serving.scriptsVolume" -}}
-- name: scripts
-  configMap:
-    name: {{ include "rakuten-serving.scripts.fullname" . }}
-    defaultMode: 0444
-{{- end -}}
-
 {{/* Port of the predictor container that serves /metrics, as seen in the pod (Knative renames it). */}}
 {{- define "rakuten-serving.predictor.metricsPortName" -}}
 {{- if eq .Values.predictor.deploymentMode "Knative" -}}user-port{{- else -}}http1{{- end -}}
@@ -236,21 +310,62 @@ default
 
 {{/* ---- Validation -------------------------------------------------------------------- */}}
 
+{{/* "true" when the chart is rendered against a live cluster (helm install/upgrade, --dry-run=server),
+     where lookup answers; empty under `helm template`, `helm lint` and a client-side dry run. */}}
+{{- define "rakuten-serving.liveCluster" -}}
+{{- if lookup "v1" "Namespace" "" "kube-system" -}}true{{- end -}}
+{{- end -}}
+
 {{- define "rakuten-serving.validateValues" -}}
+{{- $p := .Values.predictor -}}
 {{- if and (not .Values.minio.enabled) (not .Values.s3.endpoint) -}}
 {{- fail "s3.endpoint is required when minio.enabled is false" -}}
 {{- end -}}
-{{- if and (eq .Values.predictor.deploymentMode "Standard") (has .Values.predictor.autoscaling.scaleMetric (list "concurrency" "rps")) (eq .Values.predictor.autoscaling.autoscalerClass "hpa") -}}
+{{- if and (eq $p.deploymentMode "Standard") (has $p.autoscaling.scaleMetric (list "concurrency" "rps")) (eq $p.autoscaling.autoscalerClass "hpa") -}}
 {{- fail "predictor.autoscaling.scaleMetric concurrency/rps needs deploymentMode Knative (Standard + hpa scales on cpu or memory; use autoscalerClass keda for request load)" -}}
 {{- end -}}
-{{- if and (eq .Values.predictor.deploymentMode "Knative") (has .Values.predictor.autoscaling.scaleMetric (list "cpu" "memory")) -}}
+{{- if and (eq $p.deploymentMode "Knative") (has $p.autoscaling.scaleMetric (list "cpu" "memory")) -}}
 {{- fail "predictor.autoscaling.scaleMetric must be concurrency or rps in Knative mode" -}}
 {{- end -}}
-{{- if gt (int .Values.predictor.autoscaling.minReplicas) (int .Values.predictor.autoscaling.maxReplicas) -}}
+{{- if gt (int $p.autoscaling.minReplicas) (int $p.autoscaling.maxReplicas) -}}
 {{- fail "predictor.autoscaling.minReplicas must not exceed maxReplicas" -}}
 {{- end -}}
-{{- if and (eq (int .Values.predictor.autoscaling.minReplicas) 0) (eq .Values.predictor.deploymentMode "Standard") (eq .Values.predictor.autoscaling.autoscalerClass "hpa") -}}
+{{- if and (eq (int $p.autoscaling.minReplicas) 0) (eq $p.deploymentMode "Standard") (eq $p.autoscaling.autoscalerClass "hpa") -}}
 {{- fail "predictor.autoscaling.minReplicas 0 (scale to zero) needs deploymentMode Knative or autoscalerClass keda" -}}
+{{- end -}}
+{{- if regexMatch "^\\s*(avg|max|min|quantile|topk|bottomk)\\b" $p.autoscaling.keda.query -}}
+{{- fail "predictor.autoscaling.keda.query must be a sum over the predictor pods: KServe gives KEDA only the threshold, so KEDA asks for ceil(query / threshold) replicas (AverageValue), and a per-pod average never grows with the load" -}}
+{{- end -}}
+{{- if and .Values.batchPredict.enabled (not (hasPrefix "s3://" (include "rakuten-serving.batchPredict.dataUri" .))) -}}
+{{- fail "batchPredict.enabled needs the test data in S3: set batchPredict.dataUri or training.data.uri (s3://bucket/prefix)" -}}
+{{- end -}}
+{{- if include "rakuten-serving.liveCluster" . -}}
+{{- include "rakuten-serving.validateCluster" . -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Checks against the live cluster: fail at install time with a clear message, instead of
+     an object the API server or KServe rejects later. */}}
+{{- define "rakuten-serving.validateCluster" -}}
+{{- if and .Values.predictor.enabled (not (.Capabilities.APIVersions.Has "serving.kserve.io/v1beta1/InferenceService")) -}}
+{{- fail "this cluster serves no serving.kserve.io/v1beta1 InferenceService: install KServe (>= 0.16) first (make addon-kserve), or set predictor.enabled=false" -}}
+{{- end -}}
+{{- if and .Values.monitoring.enabled (not .Values.monitoring.checkCapabilities) -}}
+{{- range $kind, $on := dict "PodMonitor" $.Values.monitoring.podMonitor.enabled "PrometheusRule" $.Values.monitoring.prometheusRule.enabled -}}
+{{- if and $on $.Values.predictor.enabled (not ($.Capabilities.APIVersions.Has (printf "monitoring.coreos.com/v1/%s" $kind))) -}}
+{{- fail (printf "this cluster serves no monitoring.coreos.com/v1 %s (Prometheus Operator CRDs): install kube-prometheus-stack first (make addon-monitoring), set monitoring.checkCapabilities=true to skip the monitors the cluster cannot take, or monitoring.enabled=false" $kind) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if and (not .Values.minio.enabled) .Values.auth.existingSecret .Values.predictor.enabled -}}
+{{- $secret := lookup "v1" "Secret" .Release.Namespace .Values.auth.existingSecret -}}
+{{- if not $secret -}}
+{{- fail (printf "auth.existingSecret %q does not exist in namespace %s" .Values.auth.existingSecret .Release.Namespace) -}}
+{{- end -}}
+{{- $annotations := $secret.metadata.annotations | default dict -}}
+{{- if not (or (hasKey $annotations "serving.kserve.io/s3-endpoint") (hasKey ($secret.data | default dict) "S3_ENDPOINT")) -}}
+{{- fail (printf "auth.existingSecret %q has no serving.kserve.io/s3-endpoint annotation: KServe's storage initializer builds the S3 endpoint from the Secret only, and would go to AWS. Annotate it: kubectl -n %s annotate secret %s serving.kserve.io/s3-endpoint=%s serving.kserve.io/s3-usehttps=%s" .Values.auth.existingSecret .Release.Namespace .Values.auth.existingSecret (include "rakuten-serving.s3.endpoint" .) (ternary "1" "0" .Values.s3.useHttps)) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
@@ -287,4 +402,22 @@ default
 {{- define "rakuten-serving.networkPolicy.releasePods" -}}
 app.kubernetes.io/name: {{ include "rakuten-serving.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* An IAM policy document: list and read (and with "write": put, delete, multipart) on "buckets". */}}
+{{- define "rakuten-serving.minio.policy" -}}
+{{- $bucketArns := list -}}
+{{- $objectArns := list -}}
+{{- range .buckets -}}
+{{- $bucketArns = append $bucketArns (printf "arn:aws:s3:::%s" .) -}}
+{{- $objectArns = append $objectArns (printf "arn:aws:s3:::%s/*" .) -}}
+{{- end -}}
+{{- $bucketActions := list "s3:GetBucketLocation" "s3:ListBucket" -}}
+{{- $objectActions := list "s3:GetObject" -}}
+{{- if .write -}}
+{{- $bucketActions = append $bucketActions "s3:ListBucketMultipartUploads" -}}
+{{- $objectActions = concat $objectActions (list "s3:PutObject" "s3:DeleteObject" "s3:AbortMultipartUpload" "s3:ListMultipartUploadParts") -}}
+{{- end -}}
+{{- $statements := list (dict "Effect" "Allow" "Action" $bucketActions "Resource" $bucketArns) (dict "Effect" "Allow" "Action" $objectActions "Resource" $objectArns) -}}
+{{- dict "Version" "2012-10-17" "Statement" $statements | toPrettyJson -}}
 {{- end -}}
