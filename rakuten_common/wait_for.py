@@ -43,9 +43,15 @@ class WaitSettings:
 
 def bucket_problem(bucket: str) -> str | None:
     """A listing, not HeadBucket: it needs s3:ListBucket everywhere (MinIO, AWS, moto alike)."""
+    from botocore.exceptions import ClientError
+
     from rakuten_common.storage import s3_client
 
-    s3_client().list_objects_v2(Bucket=bucket, MaxKeys=1)
+    try:
+        s3_client().list_objects_v2(Bucket=bucket, MaxKeys=1)
+    except ClientError as exc:  # the S3 error code says why: NoSuchBucket, AccessDenied, InvalidAccessKeyId...
+        error = exc.response.get("Error", {})
+        return f"{error.get('Code', 'error')}: {error.get('Message', exc)}"
     return None
 
 

@@ -136,6 +136,26 @@ def images(base_image, timings, artifacts_dir) -> dict[str, str]:
     return IMAGES
 
 
+def test_one_dockerfile_builds_both_images():
+    """Static: the two images are targets of the root Dockerfile, sharing its deps and runtime
+    stages; no other Dockerfile; everything it COPYs from the context passes .dockerignore; the
+    CA bundle only ever comes in as a BuildKit secret."""
+    import re
+
+    text = (REPO / "Dockerfile").read_text()
+    stages = {name: parent for parent, name in re.findall(r"^FROM (\S+) AS (\S+)$", text, re.M)}
+    assert stages["training-job"] == stages["model-server"] == "runtime"
+    assert stages["training-deps"] == stages["server-deps"] == "deps"
+    tracked = subprocess.run(["git", "ls-files", "*Dockerfile*"], cwd=REPO, capture_output=True, text=True).stdout.split()
+    assert tracked == ["Dockerfile"], tracked
+    allowed = [line[1:].rstrip("/") for line in (REPO / ".dockerignore").read_text().splitlines() if line.startswith("!")]
+    for sources in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.M):
+        for source in sources.split():
+            assert any(source == a or source.startswith(a + "/") for a in allowed), f"{source} not in the build context"
+    assert "pip_cert" in text and "ca-certificates.crt" not in re.sub(r"#.*", "", text)
+    assert text.count("USER 10001:10001") == 2
+
+
 def inspect(image: str) -> dict:
     return json.loads(docker("image", "inspect", image).stdout)[0]["Config"]
 

@@ -35,7 +35,7 @@ def test_wait_for_gives_up_with_the_reasons(published, s3):
                       f"--url=http://127.0.0.1:{free_port()}/health", "--timeout=2", "--interval=0.5", env=s3.env)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "no complete model version" in done.stdout and "no 2xx answer yet" in done.stdout
-    assert "waiting for bucket no-such-bucket: ClientError" in done.stdout
+    assert "waiting for bucket no-such-bucket: NoSuchBucket" in done.stdout
     assert "gave up after 2 s" in done.stderr
     for what in ("bucket no-such-bucket", "model s3://", "url http://127.0.0.1"):
         assert what in done.stderr, done.stderr
