@@ -47,10 +47,7 @@ def tables(values_text: str) -> str:
             key, description = m.groups()
             description = description.replace("|", "\\|")
             out.append(f"| `{key}` | {description} | {shown(value_at(values, key))} |")
-        elif out[-1].startswith("| `"):
-            pass
-    # a blank line after every table
-    text = "\n".join(out)
+    text = "\n".join(out)  # then a blank line after every table
     return re.sub(r"(\|\n)(### )", r"\1\n\2", text) + "\n"
 
 

@@ -46,9 +46,11 @@ class Cluster:
 
     def answer(self, path: str) -> tuple[int, dict]:
         self.requests.append(path)
-        path = path.split("?")[0]
+        path = path.split("?")[0].rstrip("/") or "/"
         if path == "/version":
-            return 200, {"major": "1", "minor": "34", "gitVersion": "v1.34.0", "platform": "linux/amd64"}
+            return 200, {"major": "1", "minor": "34", "gitVersion": "v1.34.0", "gitCommit": "0" * 40,
+                         "gitTreeState": "clean", "buildDate": "2025-08-27T00:00:00Z", "goVersion": "go1.24",
+                         "compiler": "gc", "platform": "linux/amd64"}
         if path == "/api":
             return 200, {"kind": "APIVersions", "versions": ["v1"]}
         if path == "/apis":

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from rakuten_common.processes import ServerProcess, free_port, wait_until
-from tests.e2e.cluster import api_client
+from rakuten_common.processes import ServerProcess, free_port
+from tests.e2e.cluster import condition, eventually, prometheus
 from tests.servers import REPO
 
 pytestmark = [pytest.mark.kind, pytest.mark.timeout(3600)]
@@ -26,53 +26,11 @@ CRDS = ["inferenceservices.serving.kserve.io", "podmonitors.monitoring.coreos.co
         "prometheusrules.monitoring.coreos.com", "certificates.cert-manager.io"]
 
 
-def condition(obj, kind: str) -> bool:
-    """Whether ``obj`` (a client model or a dict) has condition ``kind`` with status True."""
-    status = obj["status"] if isinstance(obj, dict) else obj.status
-    conditions = (status or {}).get("conditions") if isinstance(status, dict) else status.conditions
-    for c in conditions or []:
-        c_type, c_status = (c["type"], c["status"]) if isinstance(c, dict) else (c.type, c.status)
-        if c_type == kind and c_status == "True":
-            return True
-    return False
-
-
 def isvc(k8s, cluster) -> dict:
     items = k8s.custom.list_namespaced_custom_object(*KSERVE[:2], cluster.namespace, KSERVE[2],
                                                      label_selector=cluster.release_selector)["items"]
     assert items, f"no InferenceService of release {cluster.release} in {cluster.namespace}"
     return items[0]
-
-
-def proxy_get(cluster, namespace: str, service: str, path: str, **params) -> dict:
-    """GET through the API server's service proxy (no port-forward needed); JSON body."""
-    response = api_client(cluster.context).call_api(
-        f"/api/v1/namespaces/{namespace}/services/{service}/proxy{path}", "GET",
-        query_params=list(params.items()), auth_settings=["BearerToken"], _preload_content=False,
-        _return_http_data_only=True, _request_timeout=20)
-    return json.loads(response.data)
-
-
-def prometheus(cluster, path: str, **params) -> dict:
-    return proxy_get(cluster, cluster.monitoring, "prometheus-operated:9090", path, **params)
-
-
-def eventually(check, timeout: float, what: str, interval: float = 5):
-    """wait_until with the last reason in the failure message."""
-    last = {"why": "never checked"}
-
-    def ready() -> bool:
-        try:
-            why = check()
-        except Exception as exc:  # noqa: BLE001 - not there yet; reported if it never comes
-            why = f"{type(exc).__name__}: {exc}"
-        last["why"] = why
-        return why is None
-
-    try:
-        return wait_until(ready, timeout, what, interval=interval)
-    except TimeoutError as exc:
-        pytest.fail(f"{exc}: {last['why']}")
 
 
 # ---- the platform ------------------------------------------------------------------------------
