@@ -1,5 +1,5 @@
 # Kubernetes on kind: cluster, add-ons, images, chart, training, calls, load test, e2e.
-# Step by step in docs/kubernetes.md; `make e2e` runs the whole chain (scripts/e2e.sh).
+# Step by step in docs/kubernetes.md; `make e2e` runs the whole chain and the cluster tests (tests/e2e).
 # Every kubectl/helm call names the kind context explicitly, so no other cluster is touched.
 
 include k8s/versions.env
@@ -47,14 +47,34 @@ MLFLOW_URL    ?= http://127.0.0.1:30500
 CALL_DESIGNATION ?= Piscine tubulaire ronde 300 x 76 cm avec pompe de filtration
 CALL_SAMPLE_DIR  ?= build/call-model-sample
 
-# What scripts/e2e.sh needs to address the same cluster as these targets.
-E2E_ENV = CLUSTER_NAME='$(CLUSTER_NAME)' KIND='$(KIND)' KUBECTL='$(KUBECTL)' HELM='$(HELM)' \
-          KUBE_CONTEXT='$(KUBE_CONTEXT)' NAMESPACE='$(NAMESPACE)' RELEASE='$(RELEASE)' \
-          MONITORING_NAMESPACE='$(MONITORING_NAMESPACE)' MODEL_URL='$(MODEL_URL)' PY='$(PY)' MAKE='$(MAKE)'
+# Optional add-ons that `make cluster-addons` installs *before* KServe when set to 1 (KServe
+# watches KEDA ScaledObjects and Knative Services only if their CRDs exist when it starts).
+KEDA          ?= 0
+KNATIVE       ?= 0
+KNATIVE_SERVING_URL ?= https://github.com/knative/serving/releases/download/$(KNATIVE_VERSION)
+KNATIVE_KOURIER_URL ?= https://github.com/knative-extensions/net-kourier/releases/download/$(KNATIVE_VERSION)
+
+# make e2e: cluster-up, then the cluster tests (tests/e2e, pytest marker `kind`), diagnostics on
+# failure, cluster deleted afterwards unless it existed before or KEEP_CLUSTER=1.
+KEEP_CLUSTER  ?= 0
+SKIP_BUILD    ?= 0
+E2E_DIAG_DIR  ?= build/e2e-diagnostics
+E2E_PYTEST_ARGS ?=
+TRAIN_TIMEOUT ?= 1800
+# What the cluster tests need to address the same cluster as these targets.
+E2E_ENV = CLUSTER_NAME='$(CLUSTER_NAME)' KUBE_CONTEXT='$(KUBE_CONTEXT)' NAMESPACE='$(NAMESPACE)' \
+          RELEASE='$(RELEASE)' MONITORING_NAMESPACE='$(MONITORING_NAMESPACE)' MODEL_URL='$(MODEL_URL)' \
+          GRAFANA_URL='$(GRAFANA_URL)' KUBECTL='$(KUBECTL)'
+
+# make cluster-upload-data: a local dataset in the raw Rakuten layout -> the cluster's MinIO.
+DATASET_SRC   ?=
+DATASET_URI   ?= s3://rakuten-datasets/rakuten
+MINIO_LOCAL_PORT ?= 19000
 
 .PHONY: cluster-create cluster-delete cluster-addons addon-namespaces addon-cert-manager \
-        addon-metrics-server addon-monitoring addon-kserve addon-keda kind-load deploy cluster-up \
-        train-job call-model loadtest-cluster grafana cluster-diagnostics e2e
+        addon-metrics-server addon-monitoring addon-kserve addon-keda addon-knative kind-load deploy \
+        cluster-up train-job call-model loadtest-cluster grafana cluster-diagnostics cluster-upload-data \
+        e2e e2e-test
 
 cluster-create: ## Create the kind cluster CLUSTER_NAME (1 control plane + 2 workers); no-op if it exists
 	@command -v $(KIND) >/dev/null 2>&1 || { echo "kind not found (KIND=$(KIND)): see docs/kubernetes.md, Prerequisites" >&2; exit 1; }
@@ -70,13 +90,15 @@ cluster-create: ## Create the kind cluster CLUSTER_NAME (1 control plane + 2 wor
 cluster-delete: ## Delete the kind cluster CLUSTER_NAME (and everything in it)
 	$(KIND) delete cluster --name '$(CLUSTER_NAME)'
 
-cluster-addons: ## Install the add-ons: namespaces, cert-manager, metrics-server, monitoring, KServe
+cluster-addons: ## Install the add-ons: namespaces, cert-manager, metrics-server, monitoring, (KEDA=1, KNATIVE=1), KServe
 	@$(MAKE) --no-print-directory addon-namespaces
 	@$(MAKE) --no-print-directory addon-cert-manager
 	@$(MAKE) --no-print-directory addon-metrics-server
 	@$(MAKE) --no-print-directory addon-monitoring
+	$(if $(filter 1,$(KEDA)),@$(MAKE) --no-print-directory addon-keda)
+	$(if $(filter 1,$(KNATIVE)),@$(MAKE) --no-print-directory addon-knative)
 	@$(MAKE) --no-print-directory addon-kserve
-	@echo "add-ons ready: cert-manager $(CERT_MANAGER_VERSION), metrics-server chart $(METRICS_SERVER_CHART_VERSION), kube-prometheus-stack $(KUBE_PROMETHEUS_STACK_VERSION), KServe $(KSERVE_VERSION) (Standard mode)"
+	@echo "add-ons ready: cert-manager $(CERT_MANAGER_VERSION), metrics-server chart $(METRICS_SERVER_CHART_VERSION), kube-prometheus-stack $(KUBE_PROMETHEUS_STACK_VERSION), KServe $(KSERVE_VERSION) (Standard mode)$(if $(filter 1,$(KEDA)), + KEDA)$(if $(filter 1,$(KNATIVE)), + Knative)"
 
 addon-namespaces: ## Create the namespaces rakuten, monitoring and kserve (k8s/namespaces.yaml)
 	$(KUBECTL_CTX) apply -f k8s/namespaces.yaml
@@ -112,9 +134,32 @@ addon-kserve: ## Install the KServe CRDs and controller (OCI Helm charts, Standa
 	done; echo "KServe install failed 3 times" >&2; exit 1
 	$(KUBECTL_CTX) -n $(KSERVE_NAMESPACE) rollout status deployment/kserve-controller-manager --timeout=$(ROLLOUT_TIMEOUT)
 
-addon-keda: ## Optional: install KEDA (autoscaling on Prometheus queries, e.g. in-flight requests)
+addon-keda: ## Optional: install KEDA (autoscaling on Prometheus queries); restarts a running KServe so that it watches ScaledObjects
 	$(HELM_CTX) upgrade --install keda keda --repo https://kedacore.github.io/charts --version $(KEDA_CHART_VERSION) \
 	  --namespace keda --create-namespace -f k8s/keda-values.yaml --wait --timeout $(HELM_TIMEOUT)
+	@$(MAKE) --no-print-directory kserve-restart
+
+addon-knative: ## Optional: Knative Serving + Kourier (KNATIVE_VERSION) with the feature flags the chart's Knative mode needs
+	$(KUBECTL_CTX) apply -f $(KNATIVE_SERVING_URL)/serving-crds.yaml
+	$(KUBECTL_CTX) wait --for=condition=Established crd/services.serving.knative.dev --timeout=60s
+	$(KUBECTL_CTX) apply -f $(KNATIVE_SERVING_URL)/serving-core.yaml
+	$(KUBECTL_CTX) apply -f $(KNATIVE_KOURIER_URL)/kourier.yaml
+	@for d in activator autoscaler controller webhook; do \
+	  $(KUBECTL_CTX) -n knative-serving rollout status deployment/$$d --timeout=$(ROLLOUT_TIMEOUT) || exit 1; \
+	done
+	$(KUBECTL_CTX) -n knative-serving patch configmap/config-network --type merge \
+	  -p '{"data":{"ingress-class":"kourier.ingress.networking.knative.dev"}}'
+	$(KUBECTL_CTX) -n knative-serving patch configmap/config-domain --type merge -p '{"data":{"example.com":""}}'
+	@# Pod fields Knative gates behind flags that the chart's predictor uses (securityContext...).
+	$(KUBECTL_CTX) -n knative-serving patch configmap/config-features --type merge --patch-file k8s/knative-features-patch.yaml
+	@$(MAKE) --no-print-directory kserve-restart
+
+kserve-restart: ## Restart a running KServe controller (it discovers KEDA/Knative CRDs only when it starts)
+	@if $(KUBECTL_CTX) -n $(KSERVE_NAMESPACE) get deployment/kserve-controller-manager >/dev/null 2>&1; then \
+	  echo "restarting KServe so that it watches the new CRDs"; \
+	  $(KUBECTL_CTX) -n $(KSERVE_NAMESPACE) rollout restart deployment/kserve-controller-manager && \
+	  $(KUBECTL_CTX) -n $(KSERVE_NAMESPACE) rollout status deployment/kserve-controller-manager --timeout=$(ROLLOUT_TIMEOUT); \
+	fi
 
 kind-load: ## Load TRAINING_IMAGE and SERVER_IMAGE into the kind nodes (build them first: make images)
 	@test -n '$(TRAINING_IMAGE)' -a -n '$(SERVER_IMAGE)' || { echo "TRAINING_IMAGE/SERVER_IMAGE are not set (mk/images.mk)" >&2; exit 1; }
@@ -130,15 +175,32 @@ deploy: ## helm upgrade --install the chart into NAMESPACE with the kind scenari
 	  -f '$(KIND_VALUES)' $(DEPLOY_IMAGE_ARGS) $(DEPLOY_ARGS) --timeout $(HELM_TIMEOUT)
 	@echo "deployed. Training: make train-job | model: make call-model ($(MODEL_URL)) | MLflow $(MLFLOW_URL) | MinIO $(MINIO_URL) | make grafana"
 
-cluster-up: ## Everything up to a deployed chart: cluster-create, images, kind-load, cluster-addons, deploy
+cluster-up: ## Everything up to a deployed chart: cluster-create, images (unless SKIP_BUILD=1), kind-load, cluster-addons, deploy
 	@$(MAKE) --no-print-directory cluster-create
-	@$(MAKE) --no-print-directory images
+	$(if $(filter 1,$(SKIP_BUILD)),@echo "SKIP_BUILD=1: using the images already built",@$(MAKE) --no-print-directory images)
 	@$(MAKE) --no-print-directory kind-load
 	@$(MAKE) --no-print-directory cluster-addons
 	@$(MAKE) --no-print-directory deploy
 
-train-job: ## Re-run the training (new Job from the CronJob or the chart's Job), wait for it, show its logs
-	@$(E2E_ENV) bash scripts/e2e.sh train-job
+train-job: ## Retrain now: a Job from the chart's training CronJob (suspended unless scheduled), wait for it, show its logs
+	@cronjob="$$($(KUBECTL_CTX) -n $(NAMESPACE) get cronjobs -o name \
+	  -l app.kubernetes.io/instance=$(RELEASE),app.kubernetes.io/component=training | head -n 1)"; \
+	test -n "$$cronjob" || { echo "no training CronJob of release $(RELEASE) in $(NAMESPACE): make deploy first" >&2; exit 1; }; \
+	job="train-manual-$$(date +%Y%m%d-%H%M%S)"; \
+	echo "creating job/$$job from $$cronjob"; \
+	$(KUBECTL_CTX) -n $(NAMESPACE) create job "$$job" --from="$$cronjob" || exit 1; \
+	$(KUBECTL_CTX) -n $(NAMESPACE) wait --for=create pod -l job-name="$$job" --timeout=120s >/dev/null; \
+	$(KUBECTL_CTX) -n $(NAMESPACE) logs -f "job/$$job" -c train --pod-running-timeout=10m || true; \
+	deadline=$$((SECONDS + $(TRAIN_TIMEOUT))); \
+	while :; do \
+	  state="$$($(KUBECTL_CTX) -n $(NAMESPACE) get job "$$job" -o jsonpath='{range .status.conditions[?(@.status=="True")]}{.type} {end}')"; \
+	  case "$$state" in \
+	    *Complete*) echo "job/$$job complete: a new model version is published. Serve it: $(KUBECTL) --context $(KUBE_CONTEXT) -n $(NAMESPACE) rollout restart deployment -l component=predictor"; exit 0 ;; \
+	    *Failed*) echo "job/$$job failed:" >&2; $(KUBECTL_CTX) -n $(NAMESPACE) logs "job/$$job" --all-containers --tail=40 >&2; exit 1 ;; \
+	  esac; \
+	  [ $$SECONDS -lt $$deadline ] || { echo "job/$$job not finished after $(TRAIN_TIMEOUT) s" >&2; exit 1; }; \
+	  sleep 10; \
+	done
 
 call-model: ## Classify one product through the kind NodePort (MODEL_URL) with the V2 client
 	@image="$$(find '$(DATA_DIR)' -name '*.jpg' -print -quit 2>/dev/null)"; \
@@ -164,8 +226,35 @@ grafana: ## Print the Grafana URL and admin credentials of the kind cluster
 	echo "Grafana:  $(GRAFANA_URL)   user: $$user   password: $$password"; \
 	echo "Dashboard: \"Rakuten product classifier (KServe)\". Prometheus: $(KUBECTL) --context $(KUBE_CONTEXT) -n $(MONITORING_NAMESPACE) port-forward --address 127.0.0.1 svc/prometheus-operated 9090"
 
-cluster-diagnostics: ## Collect kubectl get/describe/logs of the kind cluster into build/e2e-diagnostics
-	@$(E2E_ENV) bash scripts/e2e.sh diagnostics
+cluster-upload-data: ## Upload DATASET_SRC (raw Rakuten layout) to DATASET_URI in the kind cluster's MinIO (port-forward, the training user's key)
+	@test -n '$(DATASET_SRC)' || { echo "set DATASET_SRC=/path/to/the/dataset (X_train_update.csv, Y_train_CVw08PX.csv, images/...)" >&2; exit 1; }
+	@svc="$$($(KUBECTL_CTX) -n $(NAMESPACE) get svc -l app.kubernetes.io/instance=$(RELEASE),app.kubernetes.io/component=minio \
+	  -o jsonpath='{range .items[?(@.spec.ports[0].name=="api")]}{.metadata.name}{end}')"; \
+	secret="$$($(KUBECTL_CTX) -n $(NAMESPACE) get secret -o name -l app.kubernetes.io/instance=$(RELEASE),rakuten-serving/s3-user=training)"; \
+	test -n "$$svc" -a -n "$$secret" || { echo "no MinIO Service or training credentials of release $(RELEASE) in $(NAMESPACE)" >&2; exit 1; }; \
+	key="$$($(KUBECTL_CTX) -n $(NAMESPACE) get "$$secret" -o jsonpath='{.data.AWS_ACCESS_KEY_ID}' | base64 -d)"; \
+	password="$$($(KUBECTL_CTX) -n $(NAMESPACE) get "$$secret" -o jsonpath='{.data.AWS_SECRET_ACCESS_KEY}' | base64 -d)"; \
+	$(KUBECTL_CTX) -n $(NAMESPACE) port-forward --address 127.0.0.1 "svc/$$svc" $(MINIO_LOCAL_PORT):9000 >/dev/null & pf=$$!; \
+	trap 'kill $$pf 2>/dev/null' EXIT; sleep 3; \
+	echo "uploading $(DATASET_SRC) to $(DATASET_URI) through 127.0.0.1:$(MINIO_LOCAL_PORT) (svc/$$svc) as the training user"; \
+	AWS_ENDPOINT_URL=http://127.0.0.1:$(MINIO_LOCAL_PORT) AWS_ACCESS_KEY_ID="$$key" AWS_SECRET_ACCESS_KEY="$$password" \
+	  AWS_DEFAULT_REGION=us-east-1 $(PY) -m training_job.upload_data '$(DATASET_SRC)' '$(DATASET_URI)'
 
-e2e: ## Whole chain on a fresh kind cluster (scripts/e2e.sh; KEEP_CLUSTER=1 keeps the cluster)
-	@$(E2E_ENV) bash scripts/e2e.sh
+cluster-diagnostics: ## Dump what a failed run needs (get/describe/logs/events, helm, kind logs) into E2E_DIAG_DIR
+	@$(E2E_ENV) KIND='$(KIND)' HELM='$(HELM)' scripts/cluster-diagnostics.sh '$(E2E_DIAG_DIR)'
+
+e2e: ## Create the kind cluster, deploy everything, run the cluster tests (make e2e-test); KEEP_CLUSTER=1 keeps the cluster
+	@existed=0; $(KIND) get clusters 2>/dev/null | grep -qx '$(CLUSTER_NAME)' && existed=1; \
+	status=0; started=$$SECONDS; \
+	$(MAKE) --no-print-directory cluster-up && $(MAKE) --no-print-directory e2e-test || status=$$?; \
+	if [ $$status -ne 0 ]; then \
+	  $(MAKE) --no-print-directory cluster-diagnostics || true; \
+	  echo "E2E FAILED (exit $$status); diagnostics in $(E2E_DIAG_DIR)" >&2; \
+	else echo "E2E PASSED in $$(( (SECONDS - started) / 60 )) min"; fi; \
+	if [ $$existed = 1 ]; then echo "cluster '$(CLUSTER_NAME)' existed before: kept"; \
+	elif [ '$(KEEP_CLUSTER)' = 1 ]; then echo "KEEP_CLUSTER=1: cluster '$(CLUSTER_NAME)' kept (make cluster-delete removes it)"; \
+	else $(MAKE) --no-print-directory cluster-delete; fi; \
+	exit $$status
+
+e2e-test: ## The cluster tests alone (pytest -m kind tests/e2e) against the running kind cluster
+	$(E2E_ENV) $(PY) -m pytest -m kind tests/e2e -p no:cacheprovider $(E2E_PYTEST_ARGS)

@@ -1,4 +1,5 @@
-# Container images of the training job and the model server (Dockerfiles next to the code).
+# Container images of the training job and the model server: two targets of the one Dockerfile
+# at the repo root (training-job, model-server), sharing the dependency and runtime layers.
 # Build context = the repo root (.dockerignore allow-lists what is sent). The Helm chart and
 # mk/cluster.mk refer to these same names: REGISTRY/<name>:IMAGE_TAG.
 #
@@ -13,10 +14,10 @@ BASE_IMAGE     ?= python:3.11-slim
 # What `make base-image` builds (debootstrap bookworm + python3, no registry involved).
 BASE_IMAGE_LOCAL ?= $(REGISTRY)/base:bookworm
 
-# A Docker client that builds with BuildKit (the Dockerfiles use RUN --mount): one with the
+# A Docker client that builds with BuildKit (the Dockerfile uses RUN --mount): one with the
 # buildx plugin, else a pre-23 client, whose built-in BuildKit client needs no plugin (Debian
 # bookworm's docker.io, /usr/bin/docker). A 23+ client without buildx can only use the legacy
-# builder, which cannot run these Dockerfiles.
+# builder, which cannot run this Dockerfile.
 # Computed once, on first use (`make help` does not run it).
 DOCKER ?= $(eval DOCKER := $(shell for d in docker /usr/bin/docker; do \
 	  command -v $$d >/dev/null 2>&1 || continue; \
@@ -43,11 +44,11 @@ IMAGE_BUILD = DOCKER_BUILDKIT=1 $(DOCKER) build --network host \
 
 images: image-training image-server ## Build both images (BASE_IMAGE, REGISTRY, IMAGE_TAG)
 
-image-training: ## Build the training job image TRAINING_IMAGE
-	$(IMAGE_BUILD) -f training_job/Dockerfile -t $(TRAINING_IMAGE) .
+image-training: ## Build the training job image TRAINING_IMAGE (Dockerfile target training-job)
+	$(IMAGE_BUILD) --target training-job -t $(TRAINING_IMAGE) .
 
-image-server: ## Build the model server image SERVER_IMAGE
-	$(IMAGE_BUILD) -f model_server/Dockerfile -t $(SERVER_IMAGE) .
+image-server: ## Build the model server image SERVER_IMAGE (Dockerfile target model-server)
+	$(IMAGE_BUILD) --target model-server -t $(SERVER_IMAGE) .
 
 base-image: ## Build the offline base image BASE_IMAGE_LOCAL (debootstrap bookworm + python3)
 	DOCKER=$(DOCKER) scripts/build-base-image.sh $(BASE_IMAGE_LOCAL)

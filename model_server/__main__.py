@@ -33,10 +33,12 @@ def serve(settings: Settings) -> int:
     from model_server import app
     from model_server.model import RakutenClassifier
     from rakuten_common.artifacts import ArtifactError
+    from rakuten_common.cpu import configure_tensorflow
 
     # KServe 0.21's app uses ORJSONResponse, which FastAPI deprecates with a warning on every response.
     warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
     configure_logging(settings.log_level, access_log=settings.access_log, timings=settings.enable_latency_logging)
+    configure_tensorflow(settings.tf_intra_op_threads, settings.tf_inter_op_threads)  # before any op runs
     model = RakutenClassifier(settings)
     try:
         model.load()

@@ -8,13 +8,17 @@ warning (one process per pod keeps batching and ``/metrics`` whole).
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from rakuten_common.bundle import MODEL_NAME
+from rakuten_common.cpu import available_cpus
 from rakuten_common.options import HelpFormatter, add_options, from_args, option
 from rakuten_common.preprocessing import ImageLimits
+
+#: Thread pools default to the container's CPU limit (rakuten_common.cpu), not the node's cores;
+#: read when the parser is built, so CPU_LIMIT set by then counts.
+_CPU_LIMIT = "the CPU limit (CPU_LIMIT, cgroup quota or usable CPUs)"
 
 
 @dataclass(frozen=True)
@@ -43,9 +47,12 @@ class Settings:
                                  help="max products per model call; 1 disables adaptive batching")
     max_batch_time_ms: float = option(5.0, env="MAX_BATCH_TIME_MS",
                                       help="max wait for more requests, only while some are on their way")
-    preprocess_workers: int = option(os.cpu_count() or 2, env="PREPROCESS_WORKERS",
-                                     shown="the CPU count",
+    preprocess_workers: int = option(default_factory=available_cpus, env="PREPROCESS_WORKERS", shown=_CPU_LIMIT,
                                      help="threads decoding images and cleaning text")
+    tf_intra_op_threads: int = option(default_factory=available_cpus, env="TF_INTRA_OP_THREADS", shown=_CPU_LIMIT,
+                                      help="threads working inside one model op (TF intra-op pool)")
+    tf_inter_op_threads: int = option(default_factory=available_cpus, env="TF_INTER_OP_THREADS", shown=_CPU_LIMIT,
+                                      help="model ops run at once (TF inter-op pool)")
     # -- request limits (refused with a 400 naming the limit) ------------------------------------
     max_request_items: int = option(64, env="MAX_REQUEST_ITEMS", help="max products (N) in one request")
     max_text_chars: int = option(20_000, env="MAX_TEXT_CHARS",

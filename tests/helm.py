@@ -15,6 +15,9 @@ from tests.servers import REPO
 
 CHART = REPO / "charts" / "rakuten-serving"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+#: The chart's defaults and every ci/ scenario, with their test ids.
+SCENARIOS = [None, *CI_VALUES]
+SCENARIO_IDS = ["defaults", *(p.name.removesuffix("-values.yaml") for p in CI_VALUES)]
 INSTALL_TOOLS = REPO / "scripts" / "install-tools.sh"
 TOOLS_BIN = REPO / ".tools" / "bin"
 RELEASE, NAMESPACE = "rakuten", "rakuten"
@@ -75,6 +78,12 @@ def render(tools: Tools, values: Path | None = None, sets: list[str] | None = No
     return objects
 
 
+@pytest.fixture(scope="session")
+def rendered(tools) -> dict[str, list[dict]]:
+    """Every scenario rendered once per session: {scenario id: objects}."""
+    return {name: render(tools, values) for name, values in zip(SCENARIO_IDS, SCENARIOS)}
+
+
 def by_kind(objects: list[dict], kind: str) -> list[dict]:
     return [o for o in objects if o["kind"] == kind]
 
@@ -125,6 +134,47 @@ def predictor_pod_labels(isvc: dict) -> dict[str, str]:
 
 def containers(spec: dict) -> list[dict]:
     return [*spec.get("initContainers", []), *spec.get("containers", [])]
+
+
+def views_by_component(objects: list[dict]) -> dict[str, list[PodView]]:
+    out: dict[str, list[PodView]] = {}
+    for view in pod_views(objects):
+        out.setdefault(view.labels.get("app.kubernetes.io/component", "?"), []).append(view)
+    return out
+
+
+def container(view: PodView, name: str) -> dict:
+    return next(c for c in containers(view.spec) if c["name"] == name)
+
+
+def server_container(isvc: dict) -> dict:
+    return next(c for c in isvc["spec"]["predictor"]["containers"] if c["name"] == "kserve-container")
+
+
+def flag(args: list[str], name: str) -> str:
+    """The value of ``--name=value`` in an argument list (exactly one expected)."""
+    values = [a.split("=", 1)[1] for a in args if a.startswith(f"--{name}=")]
+    assert len(values) == 1, (name, args)
+    return values[0]
+
+
+def secret_refs(container_: dict) -> set[str]:
+    """Names of the Secrets a container reads (env valueFrom and envFrom)."""
+    names = {e["valueFrom"]["secretKeyRef"]["name"] for e in container_.get("env", [])
+             if (e.get("valueFrom") or {}).get("secretKeyRef")}
+    return names | {e["secretRef"]["name"] for e in container_.get("envFrom", []) if "secretRef" in e}
+
+
+def volume_secrets(spec: dict) -> set[str]:
+    """Names of the Secrets a pod mounts (secret and projected volumes)."""
+    names = set()
+    for volume in spec.get("volumes", []):
+        if "secret" in volume:
+            names.add(volume["secret"]["secretName"])
+        for source in (volume.get("projected") or {}).get("sources", []):
+            if "secret" in source:
+                names.add(source["secret"]["name"])
+    return names
 
 
 def env_of(container: dict) -> dict[str, str | None]:

@@ -10,13 +10,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.helm import (CHART, CI_VALUES, CRD_KINDS, RELEASE, SchemaError, by_kind, check_inference_service,
-                        containers, kubernetes_version, one, render, run, template_args, tools)  # noqa: F401
+from tests.helm import (CHART, CI_VALUES, CRD_KINDS, RELEASE, SCENARIO_IDS, SCENARIOS, SchemaError, by_kind,
+                        check_inference_service, containers, kubernetes_version, one, pod_views, render, run,
+                        secret_refs, template_args, tools)  # noqa: F401
 
 pytestmark = pytest.mark.helm
-
-SCENARIOS = [None, *CI_VALUES]
-SCENARIO_IDS = ["defaults", *(p.name.removesuffix("-values.yaml") for p in CI_VALUES)]
 
 
 def test_ci_scenarios_exist():
@@ -49,7 +47,8 @@ def test_rendered_objects_match_kubernetes_schemas(tools, values):
         except kubernetes_validate.ValidationError as exc:
             pytest.fail(f"{o['kind']}/{o['metadata']['name']}: {exc.message} at {list(exc.path)}")
         checked.add(o["kind"])
-    assert {"Deployment", "Service", "Secret", "ServiceAccount", "ConfigMap"} <= checked or values is not None
+    assert {"Deployment", "Service", "Secret", "ServiceAccount", "ConfigMap", "CronJob", "Job"} <= checked \
+        or values is not None
 
 
 @pytest.mark.parametrize("values", SCENARIOS, ids=SCENARIO_IDS)
@@ -67,12 +66,12 @@ def test_predictor_pod_spec_matches_kubernetes_pod_schema(tools, values):
         "containers", "initContainers", "volumes", "securityContext", "serviceAccountName", "nodeSelector",
         "tolerations", "affinity", "imagePullSecrets", "automountServiceAccountToken"}}
     if isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Knative":
-        # Knative requires probes without a port and fills in the user port itself: do as it does.
+        # Readiness and liveness carry no port there (Knative fills in the user port itself: do
+        # as it does); the startupProbe keeps it (tests/test_chart_kserve.py).
         for c in pod_fields["containers"]:
-            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            for probe in ("readinessProbe", "livenessProbe"):
                 if "httpGet" in c.get(probe, {}):
-                    assert "port" not in c[probe]["httpGet"], f"Knative rejects a {probe} port"
-                    c[probe]["httpGet"]["port"] = c["ports"][0]["containerPort"]
+                    c[probe]["httpGet"].setdefault("port", c["ports"][0]["containerPort"])
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "predictor"}, "spec": pod_fields}
     try:
         kubernetes_validate.validate(pod, kubernetes_version(), strict=True)
@@ -148,22 +147,17 @@ def test_no_secret_material_in_values():
     assert values["auth"] == {"accessKey": "", "secretKey": "", "existingSecret": ""}
 
 
-def test_generated_secret_is_random_and_existing_secret_creates_none(tools):
-    first = one(render(tools), "Secret")["data"]["AWS_SECRET_ACCESS_KEY"]
-    second = one(render(tools), "Secret")["data"]["AWS_SECRET_ACCESS_KEY"]
-    assert first != second
+def test_existing_secret_replaces_the_root_secret_only(tools):
+    """auth.existingSecret holds the root (bundled MinIO) or the shared (external S3) credentials:
+    the chart then creates no root Secret, but still the per-component ones with MinIO."""
     objects = render(tools, CHART / "ci" / "existing-secret-cronjob-values.yaml")
-    assert not by_kind(objects, "Secret")
-    for c in (c for o in objects for v in _pods(o) for c in containers(v)):
-        for e in c.get("env", []):
-            if ref := (e.get("valueFrom") or {}).get("secretKeyRef"):
-                assert ref["name"] == "rakuten-s3", (c["name"], e)
-
-
-def _pods(o: dict) -> list[dict]:
-    from tests.helm import pod_views
-
-    return [v.spec for v in pod_views([o])]
+    names = {o["metadata"]["name"] for o in by_kind(objects, "Secret")}
+    assert names == {f"rakuten-rakuten-serving-s3-{c}" for c in ("predictor", "training", "mlflow")}
+    refs = {name for v in pod_views(objects) for c in containers(v.spec) for name in secret_refs(c)}
+    assert "rakuten-s3" in refs and refs <= names | {"rakuten-s3"}
+    external = render(tools, sets=["minio.enabled=false", "s3.endpoint=s3.example.com:443", "auth.existingSecret=ext"])
+    assert not by_kind(external, "Secret")
+    assert {name for v in pod_views(external) for c in containers(v.spec) for name in secret_refs(c)} == {"ext"}
 
 
 def test_dashboard_json_is_valid_and_shipped(tools):
@@ -235,13 +229,11 @@ def test_every_value_is_documented_in_values_and_readme():
     assert undocumented == []
     readme = (CHART / "README.md").read_text()
     assert [p for p in params if f"| `{p}` |" not in readme] == [], "README parameter table out of date"
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(CHART.parent.parent / "scripts" / "chart-params.py"), "--check"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
     schema = json.loads((CHART / "values.schema.json").read_text())
     assert set(values) == set(schema["properties"])
-
-
-def test_scripts_configmap_ships_the_files_verbatim(tools):
-    cm = next(o for o in by_kind(render(tools), "ConfigMap") if "wait_for.py" in o.get("data", {}))
-    for name in ("wait_for.py", "smoke_test.py"):
-        shipped = cm["data"][name]
-        assert shipped.strip() == (CHART / "files" / name).read_text().strip()
-        compile(shipped, name, "exec")

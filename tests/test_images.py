@@ -1,10 +1,12 @@
-"""The two container images, built and run for real with a local Docker engine.
+"""The two container images (targets of the one Dockerfile), built and run for real with a local
+Docker engine.
 
 Chain: start dockerd (scripts/start-dockerd.sh) -> offline Debian base image (make base-image,
 debootstrap; nothing is pulled from a registry) -> `make image-training image-server` on that
 base -> the training image trains on generated data and publishes a version to the S3 API
-server -> the server image loads it from S3 and answers a V2 call from the host. Both run as
-they would on Kubernetes: non-root, read-only root file system, only /tmp writable.
+server -> the server image loads it from S3 and answers a V2 call from the host, and its
+`model_server.smoke_test` passes against it. Both run as they would on Kubernetes: non-root,
+read-only root file system, only /tmp writable; both carry the chart's `wait_for` probe.
 
 Skipped when no Docker engine can be started, except under CI (env CI set), where that fails.
 Env: RAKUTEN_TEST_BASE_IMAGE=python:3.11-slim uses that base instead of building one.
@@ -134,6 +136,26 @@ def images(base_image, timings, artifacts_dir) -> dict[str, str]:
     return IMAGES
 
 
+def test_one_dockerfile_builds_both_images():
+    """Static: the two images are targets of the root Dockerfile, sharing its deps and runtime
+    stages; no other Dockerfile; everything it COPYs from the context passes .dockerignore; the
+    CA bundle only ever comes in as a BuildKit secret."""
+    import re
+
+    text = (REPO / "Dockerfile").read_text()
+    stages = {name: parent for parent, name in re.findall(r"^FROM (\S+) AS (\S+)$", text, re.M)}
+    assert stages["training-job"] == stages["model-server"] == "runtime"
+    assert stages["training-deps"] == stages["server-deps"] == "deps"
+    tracked = subprocess.run(["git", "ls-files", "*Dockerfile*"], cwd=REPO, capture_output=True, text=True).stdout.split()
+    assert tracked == ["Dockerfile"], tracked
+    allowed = [line[1:].rstrip("/") for line in (REPO / ".dockerignore").read_text().splitlines() if line.startswith("!")]
+    for sources in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.M):
+        for source in sources.split():
+            assert any(source == a or source.startswith(a + "/") for a in allowed), f"{source} not in the build context"
+    assert "pip_cert" in text and "ca-certificates.crt" not in re.sub(r"#.*", "", text)
+    assert text.count("USER 10001:10001") == 2
+
+
 def inspect(image: str) -> dict:
     return json.loads(docker("image", "inspect", image).stdout)[0]["Config"]
 
@@ -144,7 +166,8 @@ print(json.dumps({
     "uid": os.getuid(), "gid": os.getgid(), "cwd": os.getcwd(), "executable": sys.executable,
     "tools": {t: shutil.which(t) for t in ("gcc", "cc", "c++", "g++", "make", "pip", "pip3")},
     "modules": {m: importlib.util.find_spec(m) is not None
-                for m in ("pip", "rakuten_common", "training_job", "model_server", "tests", "pytest", "moto")},
+                for m in ("pip", "rakuten_common", "rakuten_common.wait_for", "training_job", "model_server",
+                          "tests", "pytest", "moto")},
     "writable": {p: os.access(p, os.W_OK) for p in ("/", "/opt/venv", "/app", "/tmp")},
     "env": {k: os.environ.get(k) for k in ("HOME", "TMPDIR", "MPLCONFIGDIR", "GIT_COMMIT")},
     "secret_left": os.path.exists("/run/secrets/pip_cert"),
@@ -182,6 +205,7 @@ def test_image_runs_non_root_with_only_what_it_needs(images, kind):
     # Only the packages this image runs; no tests, no test dependencies.
     other = {"training": "model_server", "server": "training_job"}[kind]
     assert seen["modules"]["rakuten_common"] and seen["modules"][package]
+    assert seen["modules"]["rakuten_common.wait_for"], "the chart's init containers run it from both images"
     assert not any(seen["modules"][m] for m in (other, "tests", "pytest", "moto")), seen["modules"]
     # Read-only-root friendly: code and venv not writable by the runtime user, /tmp is.
     assert seen["writable"] == {"/": False, "/opt/venv": False, "/app": False, "/tmp": True}
@@ -210,6 +234,29 @@ def trained(images, s3, timings, artifacts_dir) -> dict:
     (artifacts_dir / "training_container.log").write_text(done.stdout + done.stderr)
     assert done.returncode == 0, _tail(done.stdout + done.stderr)
     return {"stdout": done.stdout}
+
+
+def test_images_share_the_base_and_runtime_layers(images):
+    """Two targets of one Dockerfile: the layers up to the runtime stage are the same layers."""
+    def layers(image: str) -> list[str]:
+        return json.loads(docker("image", "inspect", "-f", "{{json .RootFS.Layers}}", image).stdout)
+
+    training, server = layers(images["training"]), layers(images["server"])
+    shared = 0
+    while shared < min(len(training), len(server)) and training[shared] == server[shared]:
+        shared += 1
+    assert shared >= 2, f"no layer shared beyond the base: {training[:3]} / {server[:3]}"
+    assert shared < len(training) and shared < len(server)
+
+
+def test_probe_modules_answer_in_the_images(images):
+    for image in images.values():
+        done = docker("run", "--rm", "--network", "none", "--read-only", "--tmpfs", "/tmp", "--entrypoint", "python",
+                      image, "-m", "rakuten_common.wait_for", "--help", timeout=60)
+        assert "--bucket" in done.stdout and "--model" in done.stdout
+    done = docker("run", "--rm", "--network", "none", "--read-only", "--tmpfs", "/tmp", "--entrypoint", "python",
+                  images["server"], "-m", "model_server.smoke_test", "--help", timeout=60)
+    assert "--url" in done.stdout
 
 
 def test_training_image_publishes_a_version_to_s3(trained, images, s3):
@@ -268,6 +315,10 @@ def test_server_image_answers_a_v2_call(trained, images, s3, timings, artifacts_
         assert len(top) == 3
         assert all(code in PRDTYPECODES for code, _ in top)
         assert all(0.0 <= p <= 1.0 for _, p in top) and top[0][1] >= top[1][1] >= top[2][1]
+        # the chart's `helm test` command, from the same image, against it
+        smoke = docker("run", "--rm", "--network", "host", "--read-only", "--tmpfs", "/tmp", "--entrypoint", "python",
+                       images["server"], "-m", "model_server.smoke_test", f"--url={url}", timeout=180, check=False)
+        assert smoke.returncode == 0 and "ok: infer" in smoke.stdout, _tail(smoke.stdout + smoke.stderr)
     finally:
         logs = docker("logs", name, timeout=30, check=False)
         (artifacts_dir / "server_container.log").write_text(logs.stdout + logs.stderr)

@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from rakuten_common.artifacts import ArtifactError
+    from rakuten_common.cpu import configure_tensorflow
     from rakuten_common.storage import StorageError
     from training_job import sample_data
     from training_job.data_source import is_remote
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from training_job.train import run
 
     configure_logging()  # again: importing MLflow installs its own handlers
+    configure_tensorflow(config.tf_intra_op_threads, config.tf_inter_op_threads)  # before any op runs
     if config.generate_sample and not is_remote(config.data_dir) and not has_dataset(config.data_dir):
         logger.info("Generating a sample dataset of about %d rows in %s", config.generate_sample, config.data_dir)
         sample_data.generate(config.data_dir, rows=config.generate_sample, seed=config.seed)

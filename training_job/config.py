@@ -4,13 +4,17 @@
 """
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rakuten_common.bundle import MODEL_NAME
+from rakuten_common.cpu import available_cpus
 from rakuten_common.options import option
+
+#: Thread pools default to the container's CPU limit (rakuten_common.cpu), not the node's cores;
+#: read when the parser is built, so CPU_LIMIT set by then counts.
+_CPU_LIMIT = "the CPU limit (CPU_LIMIT, cgroup quota or usable CPUs)"
 
 #: Image backbones: name -> (keras.applications constructor, input rescaling (scale, offset)).
 BACKBONES = {
@@ -73,8 +77,12 @@ class TrainConfig:
                                  help="version id to publish")
     cache_dir: Path = option(Path(tempfile.gettempdir()) / "rakuten-cache", env="CACHE_DIR", metavar="DIR",
                              help="decoded images and downloaded datasets are kept here between runs")
+    tf_intra_op_threads: int = option(default_factory=available_cpus, env="TF_INTRA_OP_THREADS", shown=_CPU_LIMIT,
+                                      help="threads working inside one model op (TF intra-op pool)")
+    tf_inter_op_threads: int = option(default_factory=available_cpus, env="TF_INTER_OP_THREADS", shown=_CPU_LIMIT,
+                                      help="model ops run at once (TF inter-op pool)")
     model: ModelConfig = field(default_factory=ModelConfig)
-    image_workers: int = os.cpu_count() or 2
+    image_workers: int = field(default_factory=available_cpus)
 
     def __post_init__(self):
         if not 0 < self.val_fraction < 1:

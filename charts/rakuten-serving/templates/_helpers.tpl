@@ -108,10 +108,6 @@ imagePullSecrets:
 {{- printf "%s-train" (include "rakuten-serving.fullname" .) -}}
 {{- end -}}
 
-{{- define "rakuten-serving.scripts.fullname" -}}
-{{- printf "%s-scripts" (include "rakuten-serving.fullname" .) -}}
-{{- end -}}
-
 {{/* Name of the InferenceService; KServe names its predictor Deployment/Service "<name>-predictor". */}}
 {{- define "rakuten-serving.isvcName" -}}
 {{- default (include "rakuten-serving.fullname" .) .Values.predictor.inferenceServiceName | trunc 45 | trimSuffix "-" -}}
@@ -146,57 +142,6 @@ default
 {{- end -}}
 {{- end -}}
 
-{{/* ---- Credentials and S3 wiring ---------------------------------------------------- */}}
-
-{{/* Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (the key names KServe looks for). */}}
-{{- define "rakuten-serving.secretName" -}}
-{{- default (printf "%s-s3" (include "rakuten-serving.fullname" .)) .Values.auth.existingSecret -}}
-{{- end -}}
-
-{{/* host:port of the S3 API, as KServe's s3-endpoint annotation wants it. */}}
-{{- define "rakuten-serving.s3.endpoint" -}}
-{{- if .Values.s3.endpoint -}}
-{{- .Values.s3.endpoint -}}
-{{- else if .Values.minio.enabled -}}
-{{- printf "%s.%s:%d" (include "rakuten-serving.minio.fullname" .) .Release.Namespace (int .Values.minio.service.ports.api) -}}
-{{- else -}}
-{{- fail "s3.endpoint is required when minio.enabled is false" -}}
-{{- end -}}
-{{- end -}}
-
-{{- define "rakuten-serving.s3.url" -}}
-{{- printf "%s://%s" (ternary "https" "http" .Values.s3.useHttps) (include "rakuten-serving.s3.endpoint" .) -}}
-{{- end -}}
-
-{{/* The one place the model location is defined: the training Job writes it, KServe reads it. */}}
-{{- define "rakuten-serving.modelUri" -}}
-{{- printf "s3://%s/%s" .Values.s3.bucket (trimAll "/" .Values.s3.prefix) -}}
-{{- end -}}
-
-{{/* Environment of every S3 client of the chart (boto3, mlflow, KServe-style variables). */}}
-{{- define "rakuten-serving.s3.env" -}}
-- name: AWS_ACCESS_KEY_ID
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "rakuten-serving.secretName" . }}
-      key: AWS_ACCESS_KEY_ID
-- name: AWS_SECRET_ACCESS_KEY
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "rakuten-serving.secretName" . }}
-      key: AWS_SECRET_ACCESS_KEY
-- name: AWS_ENDPOINT_URL
-  value: {{ include "rakuten-serving.s3.url" . | quote }}
-- name: MLFLOW_S3_ENDPOINT_URL
-  value: {{ include "rakuten-serving.s3.url" . | quote }}
-- name: S3_USE_HTTPS
-  value: {{ ternary "1" "0" .Values.s3.useHttps | quote }}
-- name: S3_VERIFY_SSL
-  value: {{ ternary "1" "0" .Values.s3.verifySsl | quote }}
-- name: AWS_DEFAULT_REGION
-  value: {{ .Values.s3.region | quote }}
-{{- end -}}
-
 {{/* MLflow tracking URI given to training. */}}
 {{- define "rakuten-serving.mlflow.trackingUri" -}}
 {{- if .Values.mlflow.enabled -}}
@@ -222,13 +167,6 @@ default
     sizeLimit: {{ .sizeLimit | default "256Mi" }}
 {{- end -}}
 
-{{- define "rakuten-serving.scriptsVolume" -}}
-- name: scripts
-  configMap:
-    name: {{ include "rakuten-serving.scripts.fullname" . }}
-    defaultMode: 0444
-{{- end -}}
-
 {{/* Port of the predictor container that serves /metrics, as seen in the pod (Knative renames it). */}}
 {{- define "rakuten-serving.predictor.metricsPortName" -}}
 {{- if eq .Values.predictor.deploymentMode "Knative" -}}user-port{{- else -}}http1{{- end -}}
@@ -236,21 +174,62 @@ default
 
 {{/* ---- Validation -------------------------------------------------------------------- */}}
 
+{{/* "true" when the chart is rendered against a live cluster (helm install/upgrade, --dry-run=server),
+     where lookup answers; empty under `helm template`, `helm lint` and a client-side dry run. */}}
+{{- define "rakuten-serving.liveCluster" -}}
+{{- if lookup "v1" "Namespace" "" "kube-system" -}}true{{- end -}}
+{{- end -}}
+
 {{- define "rakuten-serving.validateValues" -}}
+{{- $p := .Values.predictor -}}
 {{- if and (not .Values.minio.enabled) (not .Values.s3.endpoint) -}}
 {{- fail "s3.endpoint is required when minio.enabled is false" -}}
 {{- end -}}
-{{- if and (eq .Values.predictor.deploymentMode "Standard") (has .Values.predictor.autoscaling.scaleMetric (list "concurrency" "rps")) (eq .Values.predictor.autoscaling.autoscalerClass "hpa") -}}
+{{- if and (eq $p.deploymentMode "Standard") (has $p.autoscaling.scaleMetric (list "concurrency" "rps")) (eq $p.autoscaling.autoscalerClass "hpa") -}}
 {{- fail "predictor.autoscaling.scaleMetric concurrency/rps needs deploymentMode Knative (Standard + hpa scales on cpu or memory; use autoscalerClass keda for request load)" -}}
 {{- end -}}
-{{- if and (eq .Values.predictor.deploymentMode "Knative") (has .Values.predictor.autoscaling.scaleMetric (list "cpu" "memory")) -}}
+{{- if and (eq $p.deploymentMode "Knative") (has $p.autoscaling.scaleMetric (list "cpu" "memory")) -}}
 {{- fail "predictor.autoscaling.scaleMetric must be concurrency or rps in Knative mode" -}}
 {{- end -}}
-{{- if gt (int .Values.predictor.autoscaling.minReplicas) (int .Values.predictor.autoscaling.maxReplicas) -}}
+{{- if gt (int $p.autoscaling.minReplicas) (int $p.autoscaling.maxReplicas) -}}
 {{- fail "predictor.autoscaling.minReplicas must not exceed maxReplicas" -}}
 {{- end -}}
-{{- if and (eq (int .Values.predictor.autoscaling.minReplicas) 0) (eq .Values.predictor.deploymentMode "Standard") (eq .Values.predictor.autoscaling.autoscalerClass "hpa") -}}
+{{- if and (eq (int $p.autoscaling.minReplicas) 0) (eq $p.deploymentMode "Standard") (eq $p.autoscaling.autoscalerClass "hpa") -}}
 {{- fail "predictor.autoscaling.minReplicas 0 (scale to zero) needs deploymentMode Knative or autoscalerClass keda" -}}
+{{- end -}}
+{{- if regexMatch "^\\s*(avg|max|min|quantile|topk|bottomk)\\b" $p.autoscaling.keda.query -}}
+{{- fail "predictor.autoscaling.keda.query must be a sum over the predictor pods: KServe gives KEDA only the threshold, so KEDA asks for ceil(query / threshold) replicas (AverageValue), and a per-pod average never grows with the load" -}}
+{{- end -}}
+{{- if and .Values.batchPredict.enabled (not (hasPrefix "s3://" (include "rakuten-serving.batchPredict.dataUri" .))) -}}
+{{- fail "batchPredict.enabled needs the test data in S3: set batchPredict.dataUri or training.data.uri (s3://bucket/prefix)" -}}
+{{- end -}}
+{{- if include "rakuten-serving.liveCluster" . -}}
+{{- include "rakuten-serving.validateCluster" . -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Checks against the live cluster: fail at install time with a clear message, instead of
+     an object the API server or KServe rejects later. */}}
+{{- define "rakuten-serving.validateCluster" -}}
+{{- if and .Values.predictor.enabled (not (.Capabilities.APIVersions.Has "serving.kserve.io/v1beta1/InferenceService")) -}}
+{{- fail "this cluster serves no serving.kserve.io/v1beta1 InferenceService: install KServe (>= 0.16) first (make addon-kserve), or set predictor.enabled=false" -}}
+{{- end -}}
+{{- if and .Values.monitoring.enabled (not .Values.monitoring.checkCapabilities) -}}
+{{- range $kind, $on := dict "PodMonitor" $.Values.monitoring.podMonitor.enabled "PrometheusRule" $.Values.monitoring.prometheusRule.enabled -}}
+{{- if and $on $.Values.predictor.enabled (not ($.Capabilities.APIVersions.Has (printf "monitoring.coreos.com/v1/%s" $kind))) -}}
+{{- fail (printf "this cluster serves no monitoring.coreos.com/v1 %s (Prometheus Operator CRDs): install kube-prometheus-stack first (make addon-monitoring), set monitoring.checkCapabilities=true to skip the monitors the cluster cannot take, or monitoring.enabled=false" $kind) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if and (not .Values.minio.enabled) .Values.auth.existingSecret .Values.predictor.enabled -}}
+{{- $secret := lookup "v1" "Secret" .Release.Namespace .Values.auth.existingSecret -}}
+{{- if not $secret -}}
+{{- fail (printf "auth.existingSecret %q does not exist in namespace %s" .Values.auth.existingSecret .Release.Namespace) -}}
+{{- end -}}
+{{- $annotations := $secret.metadata.annotations | default dict -}}
+{{- if not (or (hasKey $annotations "serving.kserve.io/s3-endpoint") (hasKey ($secret.data | default dict) "S3_ENDPOINT")) -}}
+{{- fail (printf "auth.existingSecret %q has no serving.kserve.io/s3-endpoint annotation: KServe's storage initializer builds the S3 endpoint from the Secret only, and would go to AWS. Annotate it: kubectl -n %s annotate secret %s serving.kserve.io/s3-endpoint=%s serving.kserve.io/s3-usehttps=%s" .Values.auth.existingSecret .Release.Namespace .Values.auth.existingSecret (include "rakuten-serving.s3.endpoint" .) (ternary "1" "0" .Values.s3.useHttps)) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 

@@ -1,17 +1,17 @@
 {{/*
-Pod template of the training Job and CronJob: wait for the bucket (and MLflow), then
+Pod template of the training Job and CronJob: wait for the buckets (and MLflow), then
 `python -m training_job`, which trains, logs to MLflow and publishes a new version under
-MODEL_URI (manifest.json written last).
+MODEL_URI (manifest.json written last). Data: training.data.uri (s3://, read with the training
+user's credentials, cached under /data) or, without it, a sample generated into /data.
 */}}
 {{- define "rakuten-serving.training.podTemplate" -}}
 metadata:
   labels:
     {{- include "rakuten-serving.labels" (dict "context" $ "component" "training") | nindent 4 }}
+  {{- with .Values.training.podAnnotations }}
   annotations:
-    checksum/scripts: {{ include (print $.Template.BasePath "/configmap.yaml") . | sha256sum }}
-    {{- with .Values.training.podAnnotations }}
     {{- toYaml . | nindent 4 }}
-    {{- end }}
+  {{- end }}
 spec:
   restartPolicy: Never
   serviceAccountName: {{ include "rakuten-serving.workloadServiceAccountName" . }}
@@ -37,8 +37,9 @@ spec:
       imagePullPolicy: {{ .Values.training.image.pullPolicy }}
       command:
         - python
-        - /scripts/wait_for.py
-        - --bucket={{ .Values.s3.bucket }}
+        - -m
+        - rakuten_common.wait_for
+        - --bucket={{ list .Values.s3.bucket (include "rakuten-serving.s3.bucketOf" .Values.training.data.uri) | compact | uniq | join "," }}
         {{- if .Values.mlflow.enabled }}
         - --url={{ include "rakuten-serving.mlflow.trackingUri" . }}/health
         {{- end }}
@@ -46,15 +47,12 @@ spec:
       env:
         - name: HOME
           value: /tmp
-        {{- include "rakuten-serving.s3.env" . | nindent 8 }}
+        {{- include "rakuten-serving.s3.env" (dict "context" $ "component" "training") | nindent 8 }}
       resources:
         {{- toYaml .Values.training.initResources | nindent 8 }}
       securityContext:
         {{- toYaml .Values.training.containerSecurityContext | nindent 8 }}
       volumeMounts:
-        - name: scripts
-          mountPath: /scripts
-          readOnly: true
         - name: tmp
           mountPath: /tmp
   containers:
@@ -67,12 +65,20 @@ spec:
         {{- toYaml . | nindent 8 }}
       {{- end }}
       env:
+        # decoded images (and a copy of an s3:// dataset) live on the data volume, not in /tmp
+        - name: CACHE_DIR
+          value: /data/cache
+        {{- if .Values.training.data.uri }}
+        - name: DATA_DIR
+          value: {{ .Values.training.data.uri | quote }}
+        {{- else }}
         - name: DATA_DIR
           value: /data
-        - name: MODEL_URI
-          value: {{ include "rakuten-serving.modelUri" . | quote }}
         - name: GENERATE_SAMPLE_ROWS
           value: {{ .Values.training.data.generateSampleRows | int64 | quote }}
+        {{- end }}
+        - name: MODEL_URI
+          value: {{ include "rakuten-serving.modelUri" . | quote }}
         - name: EPOCHS
           value: {{ .Values.training.epochs | int64 | quote }}
         - name: IMAGE_SIZE
@@ -87,7 +93,8 @@ spec:
           value: /tmp/matplotlib
         - name: TF_CPP_MIN_LOG_LEVEL
           value: "2"
-        {{- include "rakuten-serving.s3.env" . | nindent 8 }}
+        {{- include "rakuten-serving.cpuLimitEnv" (dict "container" "train" "resources" .Values.training.resources) | nindent 8 }}
+        {{- include "rakuten-serving.s3.env" (dict "context" $ "component" "training") | nindent 8 }}
         {{- with .Values.training.extraEnv }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -113,5 +120,4 @@ spec:
         sizeLimit: {{ .Values.training.data.emptyDirSizeLimit }}
       {{- end }}
     {{- include "rakuten-serving.tmpVolume" (dict "sizeLimit" "2Gi") | nindent 4 }}
-    {{- include "rakuten-serving.scriptsVolume" . | nindent 4 }}
 {{- end -}}

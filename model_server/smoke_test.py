@@ -1,0 +1,108 @@
+"""Smoke test of a running predictor: V2 ready, model metadata, one inference call.
+
+    python -m model_server.smoke_test --url http://<isvc>-predictor.<namespace>.svc.cluster.local
+
+The chart's `helm test` pod runs it from the model-server image, and `make e2e` runs it from
+the host against the NodePort. It speaks the documented V2 contract through
+``model_server.client`` and draws its own product with ``rakuten_common.synthetic``, so it
+needs nothing but the predictor. Exit 0 when every check passed, 1 at the first failure.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import sys
+import urllib.request
+from dataclasses import dataclass
+
+from model_server.client import Product, infer_request, infer_url, parse_response, post
+from rakuten_common.bundle import MODEL_NAME
+from rakuten_common.labels import PRDTYPECODES
+from rakuten_common.logs import configure_logging
+from rakuten_common.options import HelpFormatter, add_options, from_args, option
+from rakuten_common.processes import http_ok, wait_until
+
+logger = logging.getLogger("rakuten.smoke_test")
+INPUTS = ["description", "designation", "image"]
+
+
+class SmokeTestFailure(AssertionError):
+    pass
+
+
+@dataclass(frozen=True)
+class SmokeSettings:
+    url: str = option("http://127.0.0.1:8080", help="predictor base URL")
+    model: str = option(MODEL_NAME, help="model name in the V2 routes")
+    wait: float = option(120.0, help="seconds to wait for /v2/health/ready")
+    top_k: int = option(3, flag="--top-k", help="classes asked for")
+
+
+def product(code: int = 2583, seed: int = 7) -> Product:
+    """A generated product of class ``code`` (text and a 500x500 JPEG photo)."""
+    import numpy as np
+
+    from rakuten_common.synthetic import make_image, make_text
+
+    rng = np.random.default_rng(seed)
+    designation, description = make_text(rng, code)
+    buffer = io.BytesIO()
+    make_image(rng, code).save(buffer, format="JPEG", quality=90)
+    return Product(designation, description, buffer.getvalue())
+
+
+def get_json(url: str, timeout: float = 10.0) -> dict:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read() or b"{}")
+
+
+def run(settings: SmokeSettings) -> list[tuple[int, float]]:
+    """Every check in order; returns the top-k answer. Raises SmokeTestFailure."""
+    base = settings.url.rstrip("/")
+    try:
+        waited = wait_until(lambda: http_ok(f"{base}/v2/health/ready"), settings.wait, f"{base}/v2/health/ready",
+                            interval=2)
+    except TimeoutError as exc:
+        raise SmokeTestFailure(str(exc)) from None
+    logger.info("ok: %s/v2/health/ready (after %.0f s)", base, waited)
+
+    metadata = get_json(f"{base}/v2/models/{settings.model}")
+    names = sorted(i["name"] for i in metadata.get("inputs", []))
+    if names != INPUTS:
+        raise SmokeTestFailure(f"model metadata: inputs {names}, expected {INPUTS}: {metadata}")
+    logger.info("ok: /v2/models/%s inputs %s, version %s", settings.model, names, metadata.get("versions"))
+
+    body = json.dumps(infer_request([product()], top_k=settings.top_k)).encode()
+    status, answer = post(infer_url(base, settings.model), body, {"Content-Type": "application/json"})
+    if status != 200:
+        raise SmokeTestFailure(f"infer: HTTP {status}: {answer}")
+    top = parse_response(answer)[0]
+    if len(top) != settings.top_k:
+        raise SmokeTestFailure(f"infer: {len(top)} classes, asked for {settings.top_k}: {answer}")
+    if unknown := [code for code, _ in top if code not in PRDTYPECODES]:
+        raise SmokeTestFailure(f"infer: prdtypecode(s) {unknown} not among the 27 classes")
+    probabilities = [p for _, p in top]
+    if not all(0.0 <= p <= 1.0 for p in probabilities) or probabilities != sorted(probabilities, reverse=True):
+        raise SmokeTestFailure(f"infer: probabilities out of [0, 1] or not sorted: {top}")
+    logger.info("ok: infer -> top-%d %s (model_version %s)", settings.top_k, top, answer.get("model_version"))
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m model_server.smoke_test", formatter_class=HelpFormatter,
+                                     description=__doc__.split("\n\n")[0])
+    add_options(parser, SmokeSettings)
+    settings = from_args(SmokeSettings, parser.parse_args(argv))
+    configure_logging()
+    try:
+        run(settings)
+    except (SmokeTestFailure, OSError, ValueError, KeyError) as exc:
+        logger.error("FAIL: %s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
