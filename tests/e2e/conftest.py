@@ -7,10 +7,6 @@ import pytest
 from tests.e2e.cluster import Cluster, api_client, unreachable
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "kind: needs the kind cluster of `make cluster-up` (run by `make e2e`)")
-
-
 @pytest.fixture(scope="session")
 def cluster() -> Cluster:
     target = Cluster()
