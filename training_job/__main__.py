@@ -13,7 +13,7 @@ import sys
 
 from rakuten_common.logs import configure_logging
 from rakuten_common.options import HelpFormatter, add_options, from_args
-from training_job.config import ModelConfig, TrainConfig
+from training_job.config import ModelConfig, QualityConfig, TrainConfig
 
 logger = logging.getLogger("rakuten.training")
 
@@ -26,12 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "Every option can also be set by the environment variable named in its help.")
     add_options(parser, TrainConfig)
     add_options(parser, ModelConfig, group_title="model")
+    add_options(parser, QualityConfig, group_title="data quality (checked before training)")
     return parser
 
 
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
     args = build_parser().parse_args(argv)
-    return from_args(TrainConfig, args, model=from_args(ModelConfig, args))
+    return from_args(TrainConfig, args, model=from_args(ModelConfig, args), quality=from_args(QualityConfig, args))
 
 
 def main(argv: list[str] | None = None) -> int:
