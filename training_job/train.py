@@ -19,8 +19,9 @@ from rakuten_common.artifacts import ensure_new_version, publish
 from rakuten_common.bundle import Manifest, PreprocessingSpec, new_version, save_bundle
 from rakuten_common.labels import LabelMap
 from rakuten_common.preprocessing import decode_image
+from rakuten_common.profile import build_profile
 from rakuten_common.storage import open_store
-from training_job import tracking
+from training_job import data_quality, tracking
 from training_job.config import ModelConfig, TrainConfig
 from training_job.dataset import Dataset, load_dataset, stratified_split
 from training_job.evaluation import classification_metrics, confusion_figure, confusion_matrix
@@ -85,8 +86,8 @@ def class_weights(labels: np.ndarray) -> dict[int, float]:
 
 def fit_and_evaluate(config: TrainConfig, model_config: ModelConfig, train: Dataset, val: Dataset,
                      train_images: np.ndarray, val_images: np.ndarray, labels: LabelMap,
-                     ) -> tuple[keras.Model, dict[str, float], np.ndarray, list[str]]:
-    """Fit one model and return it with its validation metrics, confusion matrix and vocabulary."""
+                     ) -> tuple[keras.Model, dict[str, float], np.ndarray, list[str], np.ndarray]:
+    """Fit one model; return it, its validation metrics, confusion matrix, vocabulary and probabilities."""
     keras.utils.set_random_seed(config.seed)
     vectorizer = None
     vocabulary: list[str] = []
@@ -109,9 +110,10 @@ def fit_and_evaluate(config: TrainConfig, model_config: ModelConfig, train: Data
     model.fit(train_data, validation_data=val_data, epochs=config.epochs, verbose=0, shuffle=False,
               class_weight=class_weights(y_train),
               callbacks=[EpochLog(config.epochs), mlflow.keras.MlflowCallback()])
-    predicted = np.argmax(model.predict(val_data, verbose=0), axis=1)
+    probabilities = model.predict(val_data, verbose=0)
+    predicted = np.argmax(probabilities, axis=1)
     return (model, classification_metrics(y_val, predicted, labels.codes),
-            confusion_matrix(y_val, predicted, len(labels)), vocabulary)
+            confusion_matrix(y_val, predicted, len(labels)), vocabulary, probabilities)
 
 
 def run(config: TrainConfig) -> TrainResult:
@@ -126,9 +128,10 @@ def run(config: TrainConfig) -> TrainResult:
         shown = ", ".join(map(str, data.missing_images[:10]))
         logger.warning("%d rows have no image file and are left out (row ids %s%s)", len(data.missing_images),
                        shown, " ..." if len(data.missing_images) > 10 else "")
-    unknown = sorted(set(data.codes.tolist()) - set(labels.codes))
-    if unknown:
-        raise ValueError(f"labels contain prdtypecodes outside the 27 known ones: {unknown}")
+    quality = data_quality.check_dataset(config.data_dir, data, config.quality, config.max_rows or None,
+                                         config.image_workers)
+    data_quality.enforce(quality, config.experiment, version)  # raises before training on a broken rule
+    data = quality.usable(data)
     train_pos, val_pos = stratified_split(data.codes, config.val_fraction, config.seed)
     train, val = data.subset(train_pos), data.subset(val_pos)
     logger.info("%d rows with images: %d train / %d validation (stratified), %d classes; dataset fingerprint %s",
@@ -144,14 +147,15 @@ def run(config: TrainConfig) -> TrainResult:
         mlflow.set_tags({"mlflow.source.git.commit": tracking.git_commit(), "model_version": version,
                          "dataset_fingerprint": data.fingerprint})
         mlflow.log_metric("rows_missing_image", len(data.missing_images))
-        model, metrics, cm, vocabulary = fit_and_evaluate(
+        data_quality.log_to_mlflow(quality)
+        model, metrics, cm, vocabulary, val_probabilities = fit_and_evaluate(
             config, config.model, train, val, train_images, val_images, labels)
         logger.info("Validation: weighted F1 %.4f, accuracy %.4f", metrics["weighted_f1"], metrics["accuracy"])
         if config.ablation:
             for branch in ("text", "image"):
                 with mlflow.start_run(run_name=f"{version}-{branch}-only", nested=True):
-                    _, alone, _, _ = fit_and_evaluate(config, replace(config.model, branches=(branch,)),
-                                                      train, val, train_images, val_images, labels)
+                    _, alone, _, _, _ = fit_and_evaluate(config, replace(config.model, branches=(branch,)),
+                                                         train, val, train_images, val_images, labels)
                     mlflow.log_metrics({f"val_{k}": v for k, v in alone.items()})
                 metrics[f"{branch}_only_weighted_f1"] = alone["weighted_f1"]
                 metrics[f"{branch}_only_accuracy"] = alone["accuracy"]
@@ -162,7 +166,9 @@ def run(config: TrainConfig) -> TrainResult:
         summary = {k: v for k, v in metrics.items() if not k.startswith(("precision_", "recall_", "f1_"))}
         with tempfile.TemporaryDirectory() as tmp:
             spec = PreprocessingSpec(config.model.image_size, config.model.sequence_length, config.model.branches)
-            bundle = save_bundle(model, labels, spec, vocabulary, Path(tmp) / version)
+            profile = build_profile(quality.profile_features(val, val_images, vocabulary, spec.sequence_length),
+                                    val_probabilities, train.codes, labels.codes)
+            bundle = save_bundle(model, labels, spec, vocabulary, Path(tmp) / version, profile)
             mlflow.log_artifacts(str(bundle), artifact_path="model")
             manifest = Manifest(version=version, created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                 metrics=summary, mlflow_run_id=active.info.run_id,
