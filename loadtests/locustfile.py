@@ -3,11 +3,13 @@
     locust --config loadtests/locust.conf -H http://127.0.0.1:8080            # default profile
     locust --config loadtests/locust.conf -H ... --load-shape step            # autoscaling demo
     locust --config loadtests/locust.conf -H ... --payload binary --top-k 5   # binary extension
+    locust --config loadtests/locust.conf -H ... --shift all                  # drifted traffic
 
 Each simulated user mostly classifies one product per request, sometimes a small batch (2-8
 products in one request), and now and then reads the model metadata or the readiness probe.
 Products (French title, HTML description or none, 500x500 JPEG) are built and encoded once at
-start (``loadtests/products.py``). Every answer is checked (status 200, outputs of shape
+start (``loadtests/products.py``); ``--shift`` replaces them by products unlike the training data
+(one family, English texts, grayscale or tiny images), for the drift gauges and alerts. Every answer is checked (status 200, outputs of shape
 [N, top_k], known codes, sorted probabilities); a wrong answer counts as a failure. At the end
 the run exits non-zero if the failure ratio or the inference p95/p99 exceed the thresholds
 (``loadtests/thresholds.py``). The custom options are listed in ``loadtests/locust.conf`` and
@@ -26,7 +28,8 @@ from locust.runners import MasterRunner, WorkerRunner
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, wherever locust runs from
 
 from loadtests import thresholds  # noqa: E402
-from loadtests.products import PAYLOADS, RequestPool, check_answer, load_products  # noqa: E402
+from loadtests.products import (PAYLOADS, SHIFTS, RequestPool, check_answer, load_products,  # noqa: E402
+                                parse_shifts, shifted_products)
 from loadtests.profiles import SHAPES  # noqa: E402
 from loadtests.shapes import LoadProfile  # noqa: E402,F401 - Locust picks up the shape class
 from rakuten_common.bundle import MODEL_NAME  # noqa: E402
@@ -48,6 +51,9 @@ def add_arguments(parser):
     a("--data-dir", default="", env_var="LOCUST_DATA_DIR",
       help="dataset folder in the Rakuten layout to take products from (default: generated products)")
     a("--products", type=int, default=48, env_var="LOCUST_PRODUCTS", help="distinct products to cycle through")
+    a("--shift", default="", env_var="LOCUST_SHIFT",
+      help=f"send products unlike the training data instead of the normal mix: a comma-separated subset of "
+           f"{','.join(SHIFTS)}, or all (generated products only)")
     a("--think-time", type=float, default=0.5, env_var="LOCUST_THINK_TIME",
       help="each user waits a random 0..THINK_TIME seconds between requests (0: closed loop)")
     a("--load-shape", choices=SHAPES, default="constant", env_var="LOCUST_LOAD_SHAPE",
@@ -71,10 +77,17 @@ def build_pool(environment, **_):
     if isinstance(environment.runner, MasterRunner):
         return
     options = environment.parsed_options
-    products = load_products(max(2, options.products), seed=0, data_dir=options.data_dir or None)
+    shifts = parse_shifts(options.shift)
+    if shifts and options.data_dir:
+        raise ValueError("--shift generates its products: leave --data-dir out")
+    if shifts:
+        products = shifted_products(max(2, options.products), shifts, seed=0)
+    else:
+        products = load_products(max(2, options.products), seed=0, data_dir=options.data_dir or None)
     POOL = RequestPool.build(products, options.top_k, options.payload)
+    source = f"shifted: {','.join(shifts)}" if shifts else options.data_dir or "generated"
     logger.info("%d products (%s, mean image %.0f KB), %d batch requests, payload %s, top_k %d",
-                len(POOL.singles), options.data_dir or "generated", POOL.mean_image_bytes / 1024,
+                len(POOL.singles), source, POOL.mean_image_bytes / 1024,
                 len(POOL.batches), options.payload, options.top_k)
 
 

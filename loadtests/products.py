@@ -3,7 +3,9 @@
 A product is a French title, a description (HTML, empty about a third of the time) and a
 real-size 500x500 JPEG, as in the Rakuten set. They are either generated
 (``rakuten_common.synthetic``) or read from a dataset folder in the Rakuten layout
-(``rakuten_common.data_layout``). Every request body is
+(``rakuten_common.data_layout``). *Shifted* products (``shifted_products``) are the same
+generator bent away from the training data, to show drift monitoring at work: one product
+family only, English texts, grayscale or tiny images (``SHIFTS``, any combination). Every request body is
 encoded up front, in both forms (base64 JSON and the binary tensor data extension), so that
 the load generator spends its CPU on sending, not on encoding.
 
@@ -24,7 +26,7 @@ import numpy as np
 from model_server.client import Product, binary_infer_request, infer_request
 from rakuten_common.data_layout import TEST, TRAIN
 from rakuten_common.labels import PRDTYPECODES, TRAIN_COUNTS
-from rakuten_common.synthetic import make_image, make_text
+from rakuten_common.synthetic import CLASS_INFO, FAMILIES, make_image, make_text
 
 PAYLOADS = ("base64", "binary")
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -46,6 +48,58 @@ def generate_products(count: int, seed: int = 0, image_size: int = 500) -> list[
     for code in codes:
         designation, description = make_text(rng, int(code))
         products.append(Product(designation, description, jpeg_bytes(make_image(rng, int(code), image_size))))
+    return products
+
+
+#: Ways shifted traffic departs from the training data (``--shift``).
+SHIFTS = ("family", "english", "grayscale", "tiny")
+SHIFTED_FAMILY = "jardin"   # the one family of the ``family`` shift (codes 2582, 2583, 2585)
+TINY_SIDE = 48
+ENGLISH_FAMILY_WORDS = [  # one list per family of rakuten_common.synthetic.FAMILIES, in order
+    ["book", "novel", "author", "edition", "paperback"], ["paper", "issue", "magazine", "notebook"],
+    ["game", "video", "player", "level"], ["controller", "screen", "cable", "charger"],
+    ["figure", "character", "series", "painted"], ["child", "baby", "soft", "toy"],
+    ["home", "living", "room", "style"], ["garden", "outdoor", "patio", "lawn"],
+    ["nature", "pet", "outdoor", "food"],
+]
+ENGLISH_FILLER = ["quality", "product", "ideal", "gift", "brand", "warranty", "fast", "shipping",
+                  "colour", "size", "model", "genuine", "excellent", "new", "sale"]
+
+
+def parse_shifts(text: str) -> tuple[str, ...]:
+    """``"family,tiny"`` -> ``("family", "tiny")``; ``"all"`` -> every shift; ``""`` -> none."""
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    if names == ("all",):
+        return SHIFTS
+    unknown = [n for n in names if n not in SHIFTS]
+    if unknown:
+        raise ValueError(f"unknown shift(s) {unknown}: use a comma-separated subset of {list(SHIFTS)} or 'all'")
+    return names
+
+
+def english_text(rng: np.random.Generator, code: int) -> tuple[str, str]:
+    """An English (designation, description) of ``code``'s family: words the model never saw."""
+    family = ENGLISH_FAMILY_WORDS[CLASS_INFO[code][0]]
+    designation = " ".join(rng.choice(family + ENGLISH_FILLER, 5)).capitalize() + f" ref. {rng.integers(1000, 99999)}"
+    description = "" if rng.random() < 0.35 else " ".join(rng.choice(family + ENGLISH_FILLER, 11)).capitalize() + "."
+    return designation, description
+
+
+def shifted_products(count: int, shifts: tuple[str, ...], seed: int = 0) -> list[Product]:
+    """``count`` generated products departing from the training data in each of ``shifts``."""
+    rng = np.random.default_rng(seed)
+    weights = np.array([TRAIN_COUNTS[code] for code in PRDTYPECODES], dtype=float)
+    if "family" in shifts:
+        members = dict(next(m for name, _, m in FAMILIES if name == SHIFTED_FAMILY))
+        weights *= [code in members for code in PRDTYPECODES]
+    products = []
+    for code in rng.choice(PRDTYPECODES, size=count, p=weights / weights.sum()):
+        code = int(code)
+        designation, description = english_text(rng, code) if "english" in shifts else make_text(rng, code)
+        image = make_image(rng, code, TINY_SIDE if "tiny" in shifts else 500)
+        if "grayscale" in shifts:
+            image = image.convert("L")
+        products.append(Product(designation, description, jpeg_bytes(image)))
     return products
 
 

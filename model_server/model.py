@@ -4,6 +4,8 @@ preprocess: validate the V2 request (4xx on any fault), clean text and decode im
     thread pool, off the event loop.
 predict:    hand the arrays to the adaptive batcher, which runs the model on its own thread.
 postprocess: top-k codes and probabilities as V2 outputs, and the prediction counters.
+Drift monitoring (``model_server.drift``): each product's profile features are computed in
+preprocess, on the same threads, and enter the drift window with its top-1 in postprocess.
 """
 from __future__ import annotations
 
@@ -21,12 +23,13 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from model_server import metrics
 from model_server.batching import AdaptiveBatcher
 from model_server.codec import Products, RequestRejected, decode_request
+from model_server.drift import DriftMonitor, Observation
 from model_server.runner import ModelRunner
 from model_server.settings import Settings
 from rakuten_common.artifacts import fetch
 from rakuten_common.bundle import load_bundle
 from rakuten_common.labels import LabelMap
-from rakuten_common.preprocessing import ImageError, ImageLimits, decode_image, product_text
+from rakuten_common.preprocessing import ImageError, ImageInfo, ImageLimits, decode_image, product_text
 
 logger = logging.getLogger("rakuten.model_server")
 
@@ -39,14 +42,17 @@ class Prepared:
     inputs: dict[str, np.ndarray]
     top_k: int
     probabilities: np.ndarray | None = None
+    drift: Observation | None = None
 
 
-def prepare(products: Products, image_size: int, image_limits: ImageLimits) -> dict[str, np.ndarray]:
-    """The CPU-bound part of serving's preprocessing: the shared text and image functions."""
+def prepare(products: Products, image_size: int, image_limits: ImageLimits,
+            infos: list[ImageInfo] | None = None) -> dict[str, np.ndarray]:
+    """The CPU-bound part of serving's preprocessing: the shared text and image functions
+    (``infos``, if given, receive each image's header facts)."""
     images = np.empty((len(products), image_size, image_size, 3), dtype=np.uint8)
     for i, data in enumerate(products.images):
         try:
-            images[i] = decode_image(data, image_size, image_limits)
+            images[i] = decode_image(data, image_size, image_limits, infos[i] if infos else None)
         except ImageError as exc:
             raise RequestRejected(exc.reason, f"image[{i}]: {exc}") from None
     texts = np.array([product_text(d, s) for d, s in zip(products.designations, products.descriptions)],
@@ -65,6 +71,7 @@ class RakutenClassifier(kserve.Model):
         self.limits = settings.limits
         self._pool = ThreadPoolExecutor(settings.preprocess_workers, thread_name_prefix="preprocess")
         self._name_label = {"model_name": settings.model_name}
+        self.drift = DriftMonitor(settings.model_name, settings.drift)
 
     # -- lifecycle ---------------------------------------------------------------------
     def load(self) -> bool:
@@ -84,6 +91,7 @@ class RakutenClassifier(kserve.Model):
         self.batcher = AdaptiveBatcher(self.runner, self.settings.max_batch_size,
                                        self.settings.max_batch_time, on_batch=self._observe_batch)
         self.version = manifest.version
+        self.drift.start(bundle, manifest.version, spec.sequence_length)  # a new version, a new window
         # Move the long-lived heap (TensorFlow, Keras, the model) out of the collector's reach:
         # full collections then scan only request garbage instead of pausing the whole server.
         gc.collect()
@@ -114,14 +122,21 @@ class RakutenClassifier(kserve.Model):
         self.batcher.incoming += 1
         try:
             products = decode_request(payload, self.limits, len(self.labels))
-            inputs = await asyncio.get_running_loop().run_in_executor(
-                self._pool, prepare, products, self.runner.spec.image_size, self.limits.image)
+            inputs, drift = await asyncio.get_running_loop().run_in_executor(self._pool, self._prepare, products)
         except RequestRejected as exc:
             metrics.REJECTED.labels(reason=exc.kind, **self._name_label).inc()
             raise
         finally:
             self.batcher.incoming -= 1
-        return Prepared(payload, inputs, products.top_k)
+        return Prepared(payload, inputs, products.top_k, drift=drift)
+
+    def _prepare(self, products: Products) -> tuple[dict[str, np.ndarray], Observation | None]:
+        """``prepare`` plus the products' drift features, on a preprocessing thread."""
+        if not self.drift.active:
+            return prepare(products, self.runner.spec.image_size, self.limits.image), None
+        infos = [ImageInfo() for _ in range(len(products))]
+        inputs = prepare(products, self.runner.spec.image_size, self.limits.image, infos)
+        return inputs, self.drift.features(inputs["text"], products.descriptions, infos, inputs["image"])
 
     async def predict(self, payload: Prepared, headers: dict[str, str] | None = None,
                       response_headers: dict[str, str] | None = None) -> Prepared:
@@ -137,6 +152,7 @@ class RakutenClassifier(kserve.Model):
         probabilities = np.take_along_axis(result.probabilities, best, axis=1).astype(np.float32)
         for code in codes[:, 0]:
             metrics.PREDICTIONS.labels(prdtypecode=str(code), **self._name_label).inc()
+        self.drift.observe(result.drift, best[:, 0], probabilities[:, 0])
         binary = result.request.use_binary_outputs
         outputs = []
         for name, array in (("prdtypecode", codes), ("probability", probabilities)):

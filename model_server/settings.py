@@ -20,6 +20,9 @@ from rakuten_common.preprocessing import ImageLimits
 #: read when the parser is built, so CPU_LIMIT set by then counts.
 _CPU_LIMIT = "the CPU limit (CPU_LIMIT, cgroup quota or usable CPUs)"
 
+#: Largest drift window accepted (about 200 bytes per product).
+MAX_DRIFT_WINDOW = 1_000_000
+
 
 @dataclass(frozen=True)
 class RequestLimits:
@@ -28,6 +31,24 @@ class RequestLimits:
     max_items: int
     max_text_chars: int
     image: ImageLimits
+
+
+@dataclass(frozen=True)
+class DriftSettings:
+    """The drift window of ``model_server.drift``."""
+
+    window_products: int   # 0: drift monitoring off
+    window_seconds: float
+    min_products: int
+    low_confidence: float
+
+
+def drift_window(text: str) -> int:
+    """A drift window size (argparse type): 0 to ``MAX_DRIFT_WINDOW`` products."""
+    value = int(text)
+    if not 0 <= value <= MAX_DRIFT_WINDOW:
+        raise ValueError(f"{value} is not from 0 to {MAX_DRIFT_WINDOW}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -60,6 +81,16 @@ class Settings:
     max_image_bytes: int = option(ImageLimits.max_bytes, env="MAX_IMAGE_BYTES", help="max size of one image file")
     max_image_pixels: int = option(ImageLimits.max_pixels, env="MAX_IMAGE_PIXELS",
                                    help="max width x height of one image, against decompression bombs")
+    # -- drift monitoring (model_server.drift) ----------------------------------------------------
+    drift_window_products: int = option(5000, env="DRIFT_WINDOW_PRODUCTS", type=drift_window,
+                                        metavar="N", help="products in the rolling drift window; 0 turns drift "
+                                                          f"monitoring off (at most {MAX_DRIFT_WINDOW:,})")
+    drift_window_seconds: float = option(3600.0, env="DRIFT_WINDOW_SECONDS",
+                                         help="products older than this leave the drift window")
+    drift_min_products: int = option(200, env="DRIFT_MIN_PRODUCTS",
+                                     help="products the window needs before the drift gauges get a value (NaN before)")
+    drift_low_confidence: float = option(0.5, env="DRIFT_LOW_CONFIDENCE",
+                                         help="top-1 probability below which a prediction counts as low-confidence")
     # -- logs ------------------------------------------------------------------------------------
     log_level: str = option("INFO", env="LOG_LEVEL", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                             type=str.upper, help="log level")
@@ -72,6 +103,11 @@ class Settings:
     def max_batch_time(self) -> float:
         """``max_batch_time_ms`` in seconds."""
         return self.max_batch_time_ms / 1000
+
+    @property
+    def drift(self) -> DriftSettings:
+        return DriftSettings(self.drift_window_products, self.drift_window_seconds, self.drift_min_products,
+                             self.drift_low_confidence)
 
     @property
     def limits(self) -> RequestLimits:

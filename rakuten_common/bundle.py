@@ -5,7 +5,8 @@ A bundle is a folder of these files, ``manifest.json`` last (see ``rakuten_commo
     model.keras          the Keras model (tokenisation inside), no optimizer state
     labels.json          {"prdtypecodes": [...]}: output index -> prdtypecode
     preprocessing.json   what serving must feed the model (inputs, image size, sequence length)
-    vocabulary.txt       the text vectorizer's vocabulary, one token per line (for humans)
+    vocabulary.txt       the text vectorizer's vocabulary, one token per line (drift: out-of-vocabulary share)
+    profile.json         the reference data profile (``rakuten_common.profile``), for drift monitoring
     manifest.json        version, created_at, metrics, lineage, sha256 and size of every file
 """
 from __future__ import annotations
@@ -15,8 +16,12 @@ import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rakuten_common.labels import LabelMap
+
+if TYPE_CHECKING:  # numpy & co. stay out of --help
+    from rakuten_common.profile import ReferenceProfile
 
 #: The model's name: V2 routes, MLflow experiment and registry, manifests.
 MODEL_NAME = "rakuten-classifier"
@@ -25,7 +30,10 @@ MODEL_FILE = "model.keras"
 LABELS_FILE = "labels.json"
 PREPROCESSING_FILE = "preprocessing.json"
 VOCABULARY_FILE = "vocabulary.txt"
+PROFILE_FILE = "profile.json"
 MANIFEST_FILE = "manifest.json"
+#: Vocabulary files bigger than this are refused (20,000 tokens take about 200 KB).
+MAX_VOCABULARY_BYTES = 64 * 1024 * 1024
 
 #: Version ids: a UTC timestamp by default (``new_version``), or any such safe name.
 VERSION_PATTERN = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,127}$")
@@ -71,8 +79,9 @@ class PreprocessingSpec:
         return cls(data["image_size"], data["sequence_length"], tuple(data["inputs"]))
 
 
-def save_bundle(model, labels: LabelMap, spec: PreprocessingSpec, vocabulary: list[str], out: Path) -> Path:
-    """Write the model, label map, preprocessing spec and vocabulary into ``out``."""
+def save_bundle(model, labels: LabelMap, spec: PreprocessingSpec, vocabulary: list[str], out: Path,
+                profile: ReferenceProfile | None = None) -> Path:
+    """Write the model, label map, preprocessing spec, vocabulary and reference profile into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     # Serving needs no optimizer state and the .keras format has no include_optimizer switch:
@@ -88,6 +97,8 @@ def save_bundle(model, labels: LabelMap, spec: PreprocessingSpec, vocabulary: li
         "image": "rakuten_common.preprocessing.decode_image(file_bytes, image_size)",
     }, indent=2) + "\n")
     (out / VOCABULARY_FILE).write_text("\n".join(vocabulary) + "\n", encoding="utf-8")
+    if profile is not None:
+        profile.save(out / PROFILE_FILE)
     return out
 
 
@@ -102,3 +113,30 @@ def load_bundle(bundle: Path):
     bundle = Path(bundle)
     model = keras.saving.load_model(bundle / MODEL_FILE, compile=False)
     return model, load_labels(bundle), PreprocessingSpec.load(bundle)
+
+
+def load_vocabulary(bundle: Path) -> frozenset[str]:
+    """The model's vocabulary tokens (``rakuten_common.profile.model_vocabulary``)."""
+    from rakuten_common.profile import model_vocabulary
+
+    path = Path(bundle) / VOCABULARY_FILE
+    if path.stat().st_size > MAX_VOCABULARY_BYTES:
+        raise ValueError(f"{path} is larger than {MAX_VOCABULARY_BYTES} bytes")
+    return model_vocabulary(path.read_text(encoding="utf-8").splitlines())
+
+
+def load_profile(bundle: Path) -> ReferenceProfile | None:
+    """The bundle's reference profile; ``None`` for bundles made before profiles existed.
+
+    Raises ``rakuten_common.profile.ProfileError`` if the file is malformed or its classes
+    are not the bundle's labels.
+    """
+    from rakuten_common.profile import ProfileError, ReferenceProfile
+
+    path = Path(bundle) / PROFILE_FILE
+    if not path.is_file():
+        return None
+    profile = ReferenceProfile.load(path)
+    if profile.prdtypecodes != load_labels(bundle).codes:
+        raise ProfileError(f"{PROFILE_FILE} classes are not the ones of {LABELS_FILE}")
+    return profile

@@ -47,6 +47,15 @@ class ImageError(ValueError):
         self.reason = reason
 
 
+@dataclass
+class ImageInfo:
+    """What an image file's header says; ``decode_image(..., info=)`` fills it in (data profiles)."""
+
+    format: str = ""
+    width: int = 0
+    height: int = 0
+
+
 @dataclass(frozen=True)
 class ImageLimits:
     """Refusal thresholds applied before any pixel is decoded."""
@@ -55,12 +64,14 @@ class ImageLimits:
     max_pixels: int = 40_000_000
 
 
-def decode_image(data: bytes, size: int, limits: ImageLimits = ImageLimits()) -> np.ndarray:
+def decode_image(data: bytes, size: int, limits: ImageLimits = ImageLimits(),
+                 info: ImageInfo | None = None) -> np.ndarray:
     """Decode an image file into a ``(size, size, 3)`` uint8 RGB array.
 
     JPEGs are decoded at a reduced DCT scale (``draft``) when that still covers ``size``,
     which is several times cheaper than a full decode of a 500x500 photo.
-    Raises ``ImageError`` for oversize, unknown, corrupt, truncated or bomb images.
+    Raises ``ImageError`` for oversize, unknown, corrupt, truncated or bomb images. ``info``, if
+    given, receives the file's format and original size as soon as the header is read.
     """
     if len(data) > limits.max_bytes:
         raise ImageError("image_too_large", f"image file is {len(data)} bytes, limit is {limits.max_bytes} bytes")
@@ -68,6 +79,8 @@ def decode_image(data: bytes, size: int, limits: ImageLimits = ImageLimits()) ->
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
+                if info is not None:
+                    info.format, (info.width, info.height) = image.format or "", image.size
                 if image.format not in IMAGE_FORMATS:
                     raise ImageError(
                         "unsupported_image_format",

@@ -82,7 +82,7 @@ def test_bad_csvs_and_unknown_codes_fail_before_training(published, s3, tmp_path
     labels[1] = labels[1].split(",")[0] + ",9999"
     (broken / TRAIN.labels_csv).write_text("\n".join(labels) + "\n")
     done = run_training(broken, published.uri, s3.env, tmp_path)
-    assert done.returncode == 1 and "prdtypecodes outside the 27 known ones: [9999]" in done.stderr
+    assert done.returncode == 1 and "prdtypecode outside the 27 known ones {'9999': 1}" in done.stderr
     (broken / TRAIN.features_csv).write_text(",title,productid\n0,a,1\n")
     done = run_training(broken, published.uri, s3.env, tmp_path)
     assert done.returncode == 1 and "X_train_update.csv columns are" in done.stderr

@@ -10,7 +10,7 @@ import pytest
 from model_server.settings import Settings
 from rakuten_common.options import _default, _shown
 from tests.servers import REPO
-from training_job.config import ModelConfig, TrainConfig
+from training_job.config import ModelConfig, QualityConfig, TrainConfig
 
 README = (REPO / "README.md").read_text()
 
@@ -30,7 +30,8 @@ def table_row(flag: str) -> str | None:
     return match.group(0) if match else None
 
 
-@pytest.mark.parametrize("cls, style", [(Settings, "snake"), (TrainConfig, "kebab"), (ModelConfig, "kebab")])
+@pytest.mark.parametrize("cls, style", [(Settings, "snake"), (TrainConfig, "kebab"), (ModelConfig, "kebab"),
+                                        (QualityConfig, "kebab")])
 def test_every_option_is_documented_with_its_env_and_default(cls, style):
     for flag, env, default in option_rows(cls, style):
         row = table_row(flag)

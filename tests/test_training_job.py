@@ -78,7 +78,8 @@ def test_published_version_layout(manifest):
     body, keys = manifest
     version = body["version"]
     names = {k.split(f"/{version}/", 1)[1] for k in keys}
-    assert names == {"model.keras", "labels.json", "preprocessing.json", "vocabulary.txt", "manifest.json"}
+    assert names == {"model.keras", "labels.json", "preprocessing.json", "vocabulary.txt", "profile.json",
+                     "manifest.json"}
     assert set(body["files"]) == names - {"manifest.json"}
     assert 0 < body["metrics"]["weighted_f1"] <= 1 and body["created_at"].endswith("Z")
 

@@ -13,7 +13,7 @@ import sys
 
 from rakuten_common.logs import configure_logging
 from rakuten_common.options import HelpFormatter, add_options, from_args
-from training_job.config import ModelConfig, TrainConfig
+from training_job.config import ModelConfig, QualityConfig, TrainConfig
 
 logger = logging.getLogger("rakuten.training")
 
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Every option can also be set by the environment variable named in its help.")
     add_options(parser, TrainConfig)
     add_options(parser, ModelConfig, group_title="model")
+    add_options(parser, QualityConfig, group_title="data quality (checked before training)")
     return parser
 
 
@@ -33,7 +34,8 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return from_args(TrainConfig, args, model=from_args(ModelConfig, args))
+        return from_args(TrainConfig, args, model=from_args(ModelConfig, args),
+                         quality=from_args(QualityConfig, args))
     except ValueError as exc:
         parser.error(str(exc))
 

@@ -44,6 +44,36 @@ class ModelConfig:
     branches: tuple[str, ...] = ("text", "image")
 
 
+def share(text: str) -> float:
+    """A share from 0 to 1 (argparse type)."""
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise ValueError(f"{text} is not a share from 0 to 1")
+    return value
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """Data-quality rules checked before training (``training_job.data_quality``); a violation fails the job."""
+
+    max_missing_images: float = option(0.05, env="MAX_MISSING_IMAGES", type=share, metavar="SHARE",
+                                       help="fail when more rows than this share have no image file (1: never)")
+    max_unreadable_images: float = option(0.05, env="MAX_UNREADABLE_IMAGES", type=share, metavar="SHARE",
+                                          help="fail when more image files than this share cannot be decoded "
+                                               "(fewer: those rows are left out; 1: never)")
+    max_unknown_codes: float = option(0.0, env="MAX_UNKNOWN_CODES", type=share, metavar="SHARE",
+                                      help="fail when more rows than this share have a prdtypecode outside the 27 "
+                                           "(fewer: those rows are left out)")
+    min_class_rows: int = option(1, env="MIN_CLASS_ROWS",
+                                 help="fail when one of the 27 classes has fewer rows (0: never)")
+    max_duplicate_products: float = option(1.0, env="MAX_DUPLICATE_PRODUCTS", type=share, metavar="SHARE",
+                                           help="fail when more rows than this share repeat an earlier productid "
+                                                "(1: never)")
+    max_imbalance_ratio: float = option(0.0, env="MAX_IMBALANCE_RATIO",
+                                        help="fail when the largest class has more than this many times the rows "
+                                             "of the smallest (0: never)")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run: data, schedule, tracking and publishing."""
@@ -82,6 +112,7 @@ class TrainConfig:
     tf_inter_op_threads: int = option(default_factory=available_cpus, env="TF_INTER_OP_THREADS", shown=_CPU_LIMIT,
                                       help="model ops run at once (TF inter-op pool)")
     model: ModelConfig = field(default_factory=ModelConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
     image_workers: int = field(default_factory=available_cpus)
 
     def __post_init__(self):

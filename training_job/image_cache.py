@@ -6,6 +6,9 @@ pixels live in one file of fixed-size rows (``.npy``: a header then ``(N, size, 
 written in parallel chunks and read back with ``os.pread`` a batch at a time, so the process
 holds only a chunk while building and a batch while training: memory does not grow with rows.
 
+While decoding, the cache also records what each file's header says (format, width, height)
+and why a refused file was refused (``ImageError.reason``), in a small ``.meta.json`` beside the
+pixels: the data-quality checks and the reference profile read those instead of decoding again.
 A cache is keyed by the image files (names and sizes) and the pixel size, and is reused by a
 later run (e.g. the ablation models, or a retraining on the same data); a cache whose build was
 interrupted is rebuilt.
@@ -13,6 +16,7 @@ interrupted is rebuilt.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
@@ -22,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rakuten_common.preprocessing import ImageError, decode_image
+from rakuten_common.preprocessing import ImageError, ImageInfo, decode_image
 
 logger = logging.getLogger("rakuten.training")
 
@@ -31,13 +35,19 @@ _CHUNK = 256  # images decoded and written per step (bounds memory while buildin
 
 @dataclass
 class ImageCache:
-    """``(rows, size, size, 3)`` uint8 pixels in ``path``; ``failed`` maps row -> why it is blank."""
+    """``(rows, size, size, 3)`` uint8 pixels in ``path``, and per row what the file's header said.
+
+    ``failed`` maps a row whose image was refused (its pixels are blank) to the refusal reason
+    (e.g. ``image_corrupt``), ``messages`` to the full message naming the file.
+    """
 
     path: Path
     rows: int
     size: int
     offset: int
+    infos: list[ImageInfo]
     failed: dict[int, str]
+    messages: dict[int, str]
 
     @property
     def row_bytes(self) -> int:
@@ -71,31 +81,39 @@ def _header(rows: int, size: int) -> bytes:
     return buffer.getvalue()
 
 
+def _load_meta(path: Path) -> tuple[list[ImageInfo], dict[int, str], dict[int, str]]:
+    meta = json.loads(path.read_text())
+    infos = [ImageInfo(fmt, width, height) for fmt, width, height in meta["infos"]]
+    return infos, {int(k): v for k, v in meta["failed"].items()}, {int(k): v for k, v in meta["messages"].items()}
+
+
 def build(paths: list[Path], size: int, directory: Path, workers: int) -> ImageCache:
     """Decode every image of ``paths`` at ``size`` into a cache file under ``directory`` (or reuse one)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     key = cache_key(paths, size)
-    path, failed_path = directory / f"images-{size}px-{key}.npy", directory / f"images-{size}px-{key}.failed"
+    path, meta_path = directory / f"images-{size}px-{key}.npy", directory / f"images-{size}px-{key}.meta.json"
     header = _header(len(paths), size)
-    if path.is_file() and failed_path.is_file():
-        failed = {int(line.split("\t", 1)[0]): line.split("\t", 1)[1]
-                  for line in failed_path.read_text().splitlines() if line}
+    if path.is_file() and meta_path.is_file():
         logger.info("Reusing decoded images %s (%d rows at %d px)", path, len(paths), size)
-        return ImageCache(path, len(paths), size, len(header), failed)
+        return ImageCache(path, len(paths), size, len(header), *_load_meta(meta_path))
     logger.info("Decoding %d images at %dx%d into %s (%.2f GB on disk)", len(paths), size, size, path,
                 len(paths) * size * size * 3 / 1e9)
     partial = path.with_suffix(".partial")
     row_bytes = size * size * 3
+    infos = [ImageInfo() for _ in paths]
     failed: dict[int, str] = {}
+    messages: dict[int, str] = {}
     started, last = time.monotonic(), 0.0
 
     def decode(row: int) -> tuple[int, bytes]:
         try:
-            return row, decode_image(paths[row].read_bytes(), size).tobytes()
-        except (ImageError, OSError) as exc:
-            failed[row] = f"{paths[row].name}: {exc}"
-            return row, bytes(row_bytes)
+            return row, decode_image(paths[row].read_bytes(), size, info=infos[row]).tobytes()
+        except ImageError as exc:
+            failed[row], messages[row] = exc.reason, f"{paths[row].name}: {exc}"
+        except OSError as exc:
+            failed[row], messages[row] = "unreadable_file", f"{paths[row].name}: {exc.strerror or exc}"
+        return row, bytes(row_bytes)
 
     with open(partial, "wb") as f, ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
         f.write(header)
@@ -108,6 +126,7 @@ def build(paths: list[Path], size: int, directory: Path, workers: int) -> ImageC
             if now - last >= 10 or done == len(paths):
                 last = now
                 logger.info("  decoded %d/%d images (%.0f/s)", done, len(paths), done / max(now - started, 1e-9))
+    meta_path.write_text(json.dumps({"infos": [[i.format, i.width, i.height] for i in infos],
+                                     "failed": failed, "messages": messages}))
     os.replace(partial, path)
-    failed_path.write_text("".join(f"{row}\t{why}\n" for row, why in sorted(failed.items())))
-    return ImageCache(path, len(paths), size, len(header), failed)
+    return ImageCache(path, len(paths), size, len(header), infos, failed, messages)

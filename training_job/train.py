@@ -17,20 +17,18 @@ from rakuten_common.artifacts import ensure_new_version, publish
 from rakuten_common.bundle import Manifest, PreprocessingSpec, new_version, save_bundle
 from rakuten_common.data_layout import TRAIN
 from rakuten_common.labels import LabelMap
+from rakuten_common.profile import ReferenceProfile, build_profile
 from rakuten_common.storage import open_store
-from training_job import image_cache, tracking
+from training_job import data_quality, image_cache, tracking
 from training_job.config import ModelConfig, TrainConfig
 from training_job.data_source import local_dataset
-from training_job.dataset import Dataset, DatasetError, load_dataset
+from training_job.dataset import Dataset, load_dataset
 from training_job.evaluation import classification_metrics, confusion_figure, confusion_matrix
 from training_job.inputs import batches
 from training_job.model import build_model, make_vectorizer
 from training_job.splits import three_way_split
 
 logger = logging.getLogger("rakuten.training")
-
-#: Above this share of unreadable images the data is considered broken (not merely noisy).
-MAX_UNREADABLE_SHARE = 0.05
 
 
 @dataclass
@@ -115,8 +113,20 @@ def evaluate(probabilities: np.ndarray, codes: np.ndarray, labels: LabelMap) -> 
     return classification_metrics(y_true, y_pred, labels.codes), confusion_matrix(y_true, y_pred, len(labels))
 
 
-def prepare_data(config: TrainConfig, labels: LabelMap) -> tuple[Dataset, Split, image_cache.ImageCache]:
-    """Load, split and decode: everything before the first epoch."""
+def reference_profile(quality: data_quality.QualityReport, data: Dataset, rows: np.ndarray,
+                      images: image_cache.ImageCache, probabilities: np.ndarray, train_codes: np.ndarray,
+                      vocabulary: list[str], labels: LabelMap, sequence_length: int) -> ReferenceProfile:
+    """The bundle's reference profile, from the validation rows (read a chunk at a time)."""
+    chunks = [rows[i:i + 1024] for i in range(0, len(rows), 1024)]
+    features = np.concatenate([quality.profile_features(data.subset(chunk), images.read(chunk), vocabulary,
+                                                        sequence_length) for chunk in chunks])
+    return build_profile(features, probabilities, train_codes, labels.codes)
+
+
+def prepare_data(config: TrainConfig, labels: LabelMap, version: str
+                 ) -> tuple[Dataset, Split, image_cache.ImageCache, data_quality.QualityReport]:
+    """Load, decode, check and split: everything before the first epoch. A broken data-quality
+    rule raises ``DataQualityError`` (and records a FAILED MLflow run) before any training."""
     data_dir = local_dataset(config.data_dir, config.cache_dir, TRAIN)
     logger.info("Loading Rakuten data from %s", data_dir)
     data = load_dataset(data_dir, config.max_rows or None)
@@ -124,26 +134,17 @@ def prepare_data(config: TrainConfig, labels: LabelMap) -> tuple[Dataset, Split,
         shown = ", ".join(map(str, data.missing_images[:10]))
         logger.warning("%d rows have no image file and are left out (row ids %s%s)", len(data.missing_images),
                        shown, " ..." if len(data.missing_images) > 10 else "")
-    unknown = sorted(set(data.codes.tolist()) - set(labels.codes))
-    if unknown:
-        raise DatasetError(f"labels contain prdtypecodes outside the 27 known ones: {unknown}")
     images = image_cache.build(data.image_paths, config.model.image_size, Path(config.cache_dir) / "images",
                                config.image_workers)
-    if images.failed:
-        share = len(images.failed) / len(data)
-        first = next(iter(images.failed.values()))
-        if share > MAX_UNREADABLE_SHARE:
-            raise DatasetError(f"{len(images.failed)} of {len(data)} images ({share:.1%}) cannot be decoded, "
-                               f"over the {MAX_UNREADABLE_SHARE:.0%} limit; first: {first}")
-        logger.warning("%d images cannot be decoded and their rows are left out; first: %s",
-                       len(images.failed), first)
-    usable = np.setdiff1d(np.arange(len(data)), np.fromiter(images.failed, dtype=np.int64))
+    quality = data_quality.check_dataset(data_dir, data, images, config.quality, config.max_rows or None)
+    data_quality.enforce(quality, config.experiment, version)
+    usable = quality.usable_rows(data)
     train, val, evaluation = (usable[rows] for rows in three_way_split(
         data.productids[usable], data.codes[usable], config.eval_fraction, config.val_fraction, config.seed))
-    logger.info("%d rows with images: %d train / %d validation (stratified) / %d evaluation (fixed by productid), "
+    logger.info("%d usable rows: %d train / %d validation (stratified) / %d evaluation (fixed by productid), "
                 "%d classes; dataset fingerprint %s", len(usable), len(train), len(val), len(evaluation),
-                len(np.unique(data.codes)), data.fingerprint[:12])
-    return data, Split(train, val, evaluation), images
+                len(np.unique(data.codes[usable])), data.fingerprint[:12])
+    return data, Split(train, val, evaluation), images, quality
 
 
 def run(config: TrainConfig) -> TrainResult:
@@ -152,7 +153,7 @@ def run(config: TrainConfig) -> TrainResult:
     labels = LabelMap()
     version = config.version or new_version()
     ensure_new_version(open_store(config.model_uri), version)  # fail before training, not after
-    data, split, images = prepare_data(config, labels)
+    data, split, images, quality = prepare_data(config, labels, version)
     branches = config.model.branches
 
     with tracking.start_run(config.experiment, run_name=version) as active:
@@ -163,6 +164,7 @@ def run(config: TrainConfig) -> TrainResult:
         mlflow.set_tags({"mlflow.source.git.commit": tracking.git_commit(), "model_version": version,
                          "dataset_fingerprint": data.fingerprint})
         mlflow.log_metric("rows_missing_image", len(data.missing_images))
+        data_quality.log_to_mlflow(quality)
         model, vocabulary, best_epoch = fit(config, config.model, data, split, images, labels)
         val_probabilities = predict(model, data, split.val, images, branches, config.batch_size)
         metrics, cm = evaluate(val_probabilities, data.codes[split.val], labels)
@@ -193,7 +195,9 @@ def run(config: TrainConfig) -> TrainResult:
         summary = {k: v for k, v in metrics.items() if not k.removeprefix("eval_").startswith(per_class)}
         with tempfile.TemporaryDirectory() as tmp:
             spec = PreprocessingSpec(config.model.image_size, config.model.sequence_length, branches)
-            bundle = save_bundle(model, labels, spec, vocabulary, Path(tmp) / version)
+            profile = reference_profile(quality, data, split.val, images, val_probabilities, data.codes[split.train],
+                                        vocabulary, labels, spec.sequence_length)
+            bundle = save_bundle(model, labels, spec, vocabulary, Path(tmp) / version, profile)
             mlflow.log_artifacts(str(bundle), artifact_path="model")
             manifest = Manifest(version=version, created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                 metrics=summary, mlflow_run_id=active.info.run_id,
