@@ -40,13 +40,14 @@ def test_rows_read_back_are_the_decoded_images_and_failures_are_kept(tmp_path):
     paths[5].unlink()
     paths[5].write_bytes(b"not an image")
     cache = image_cache.build(paths, 32, tmp_path / "cache", workers=2)
-    assert set(cache.failed) == {5} and "image_5_product_5.jpg" in cache.failed[5]
+    assert cache.failed == {5: "image_not_decodable"} and "image_5_product_5.jpg" in cache.messages[5]
+    assert (cache.infos[0].format, cache.infos[0].width, cache.infos[0].height) == ("JPEG", 500, 500)
     rows = np.array([39, 0, 7, 7])
     np.testing.assert_array_equal(cache.read(rows), np.stack([decode_image(paths[r].read_bytes(), 32) for r in rows]))
     assert not cache.read(np.array([5])).any()
     assert np.load(cache.path, mmap_mode="r").shape == (40, 32, 32, 3)  # a valid .npy file
     again = image_cache.build(paths, 32, tmp_path / "cache", workers=2)
-    assert again.path == cache.path and again.failed == cache.failed  # reused, not rebuilt
+    assert again.path == cache.path and again.failed == cache.failed and again.infos == cache.infos  # reused
 
 
 def test_an_interrupted_build_is_not_reused(tmp_path):
