@@ -12,7 +12,7 @@ MODEL_URI   ?= model-store/rakuten-classifier
 SAMPLE_ROWS ?= 2700
 HTTP_PORT   ?= 8080
 # Demo training: small enough for a few minutes on 2 CPU cores.
-TRAIN_ARGS  ?= --image-size 64 --epochs 12
+TRAIN_ARGS  ?= --image-size 64 --epochs 12 --batch-size 32
 PYTEST_ARGS ?=
 # upload-data: a local dataset in the raw layout -> DATA_URI (s3://bucket/prefix)
 UPLOAD_SRC  ?= $(DATA_DIR)

@@ -110,6 +110,8 @@ def load_bundle(bundle: Path):
     """Return ``(keras_model, LabelMap, PreprocessingSpec)`` from a bundle folder."""
     import keras
 
+    import rakuten_common.layers  # noqa: F401 - registers the custom layers the saved model uses
+
     bundle = Path(bundle)
     model = keras.saving.load_model(bundle / MODEL_FILE, compile=False)
     return model, load_labels(bundle), PreprocessingSpec.load(bundle)

@@ -21,7 +21,7 @@ BUCKET = "rakuten-models"
 DATASETS_BUCKET = "rakuten-datasets"
 # Small but real: ~1,600 products, 64 px images, enough epochs to learn both modalities.
 SAMPLE_ROWS = 1600
-TRAIN_ARGS = ["--image-size", "64", "--epochs", "10", "--max-tokens", "5000"]
+TRAIN_ARGS = ["--image-size", "64", "--epochs", "10", "--max-tokens", "5000", "--batch-size", "32"]
 
 
 @dataclass

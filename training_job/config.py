@@ -28,16 +28,21 @@ class ModelConfig:
     """The concatenated model's architecture (``training_job.model``)."""
 
     image_size: int = option(128, env="IMAGE_SIZE", help="image side in pixels")
-    sequence_length: int = option(64, env="SEQUENCE_LENGTH", help="tokens kept per product")
-    max_tokens: int = option(20_000, env="MAX_TOKENS", help="vocabulary size")
+    max_tokens: int = option(100_000, env="MAX_TOKENS",
+                             help="text vocabulary: the most frequent word 1- and 2-grams kept")
+    sequence_length: int = option(256, env="SEQUENCE_LENGTH",
+                                  help="leading tokens of a product's text the drift profile's out-of-vocabulary "
+                                       "share looks at (the text branch itself reads every token)")
     backbone: str = option("cnn", env="IMAGE_BACKBONE", choices=("cnn", *BACKBONES),
                            help="image branch: a small CNN, or a keras.applications backbone")
     backbone_weights: Path | None = option(None, env="BACKBONE_WEIGHTS", type=Path, metavar="FILE",
                                            help="pretrained weights file for --backbone (then frozen); "
                                                 "nothing is ever downloaded")
     num_classes: int = 27
-    embedding_dim: int = 64
-    text_filters: int = 128
+    text_ngrams: int = 2
+    text_units: int = 256
+    text_token_dropout: float = 0.2
+    text_dropout: float = 0.5
     image_filters: tuple[int, ...] = (16, 32, 64)
     fusion_units: int = 256
     dropout: float = 0.3
@@ -86,10 +91,10 @@ class TrainConfig:
     generate_sample: int = option(0, env="GENERATE_SAMPLE_ROWS", metavar="ROWS",
                                   help="first write a sample dataset of about ROWS rows into --data-dir "
                                        "(a folder) if it holds none (0: never)")
-    epochs: int = option(8, env="EPOCHS", help="training epochs")
-    batch_size: int = option(32, env="BATCH_SIZE", help="products per training step")
-    learning_rate: float = option(1e-3, env="LEARNING_RATE", help="Adam learning rate")
-    val_fraction: float = option(0.2, env="VAL_FRACTION",
+    epochs: int = option(15, env="EPOCHS", help="most training epochs (early stopping usually ends sooner)")
+    batch_size: int = option(256, env="BATCH_SIZE", help="products per training step")
+    learning_rate: float = option(2e-3, env="LEARNING_RATE", help="Adam learning rate")
+    val_fraction: float = option(0.1, env="VAL_FRACTION",
                                  help="stratified validation share of the rows outside the evaluation split "
                                       "(early stopping)")
     eval_fraction: float = option(0.1, env="EVAL_FRACTION",

@@ -1,31 +1,52 @@
 """The concatenated Rakuten classifier: text branch + image branch -> softmax over 27 codes.
 
 Inputs are the outputs of ``rakuten_common.preprocessing``: ``text`` a ``(N, 1)`` string
-tensor of cleaned product text (tokenised in-graph by a ``TextVectorization`` layer whose
-vocabulary is learnt at training time and saved inside the model) and ``image`` a
-``(N, size, size, 3)`` uint8 tensor. The output ``probabilities`` is ``(N, 27)``.
+tensor of cleaned product text and ``image`` a ``(N, size, size, 3)`` uint8 tensor. The output
+``probabilities`` is ``(N, 27)``. Tokenisation is part of the model: the text branch's
+``TextVectorization`` vocabulary (word 1- and 2-grams) and idf weights are learnt on the
+training split and saved inside it.
+
+Text branch: a bag of word 1-2-grams, TF-IDF weighted in-graph (``SparseTfIdf``), then a dense
+projection. Chosen on 47 k real product texts (benchmarks/text_quality.py): it reached 0.771
+weighted F1 where the earlier embedding + Conv1D branch reached 0.718 and sequence encoders
+(CNN 0.744, bag + CNN 0.770) cost more for no gain; it reads every token, so long French
+descriptions are not truncated.
 """
 from __future__ import annotations
 
 import keras
+import numpy as np
+import tensorflow as tf
 from keras import layers
 
+from rakuten_common.layers import SparseTfIdf
 from training_job.config import BACKBONES, ModelConfig
 
-def make_vectorizer(config: ModelConfig) -> layers.TextVectorization:
-    """Token -> id layer; cleaning and splitting rules live in ``rakuten_common.preprocessing``."""
-    return layers.TextVectorization(
-        max_tokens=config.max_tokens, standardize=None, split="whitespace",
-        output_mode="int", output_sequence_length=config.sequence_length, name="tokens")
+VECTORIZER_LAYER = "text_ngrams"
 
 
-def text_branch(text: keras.KerasTensor, vectorizer: layers.TextVectorization,
-                config: ModelConfig) -> keras.KerasTensor:
-    x = vectorizer(text)
-    x = layers.Embedding(vectorizer.vocabulary_size(), config.embedding_dim, name="text_embedding")(x)
-    x = layers.Conv1D(config.text_filters, 5, padding="same", activation="relu", name="text_conv")(x)
-    x = layers.GlobalMaxPooling1D(name="text_pool")(x)
-    return layers.Dropout(config.dropout, name="text_dropout")(x)
+def text_branch(text: keras.KerasTensor, train_texts: np.ndarray, config: ModelConfig) -> keras.KerasTensor:
+    """``(N, 1)`` cleaned text -> ``(N, text_units)`` features; vocabulary and idf from ``train_texts``."""
+    train_texts = tf.constant(np.asarray(train_texts, dtype=str).reshape(-1))
+    vectorizer = layers.TextVectorization(
+        max_tokens=config.max_tokens, standardize=None, split="whitespace", ngrams=config.text_ngrams,
+        output_mode="count", sparse=True, name=VECTORIZER_LAYER)
+    vectorizer.adapt(train_texts, batch_size=1024)
+    doc_freq = np.zeros(vectorizer.vocabulary_size(), "float64")
+    for batch in tf.data.Dataset.from_tensor_slices(train_texts).batch(4096):
+        np.add.at(doc_freq, vectorizer(batch).indices[:, 1].numpy(), 1.0)  # one entry per (row, n-gram)
+    tfidf = SparseTfIdf(vectorizer.vocabulary_size(), dropout=config.text_token_dropout, name="text_tfidf")
+    tfidf.set_idf(doc_freq, len(train_texts))
+    x = layers.Dense(config.text_units, activation="relu", name="text_dense")(tfidf(vectorizer(text)))
+    return layers.Dropout(config.text_dropout, name="text_dropout")(x)
+
+
+def vocabulary(model: keras.Model) -> list[str]:
+    """The text branch's n-grams, most frequent first ([] for an image-only model)."""
+    names = {layer.name for layer in model.layers}
+    if VECTORIZER_LAYER not in names:
+        return []
+    return [str(token) for token in model.get_layer(VECTORIZER_LAYER).get_vocabulary()]
 
 
 def image_branch(image: keras.KerasTensor, config: ModelConfig) -> keras.KerasTensor:
@@ -57,12 +78,13 @@ def backbone_features(image: keras.KerasTensor, config: ModelConfig) -> keras.Ke
     return backbone(x)
 
 
-def build_model(config: ModelConfig, vectorizer: layers.TextVectorization | None) -> keras.Model:
-    """Build (not compile) the classifier with the branches named in ``config.branches``."""
+def build_model(config: ModelConfig, train_texts: np.ndarray | None = None) -> keras.Model:
+    """Build (not compile) the classifier with the branches named in ``config.branches``
+    (``train_texts``: the training split's texts, from which the text branch learns its vocabulary)."""
     inputs, features = {}, []
     if "text" in config.branches:
         inputs["text"] = keras.Input(shape=(1,), dtype="string", name="text")
-        features.append(text_branch(inputs["text"], vectorizer, config))
+        features.append(text_branch(inputs["text"], train_texts, config))
     if "image" in config.branches:
         size = config.image_size
         inputs["image"] = keras.Input(shape=(size, size, 3), dtype="uint8", name="image")

@@ -25,7 +25,7 @@ from training_job.data_source import local_dataset
 from training_job.dataset import Dataset, load_dataset
 from training_job.evaluation import classification_metrics, confusion_figure, confusion_matrix
 from training_job.inputs import batches
-from training_job.model import build_model, make_vectorizer
+from training_job.model import build_model, vocabulary as model_vocabulary
 from training_job.splits import three_way_split
 
 logger = logging.getLogger("rakuten.training")
@@ -69,12 +69,7 @@ def fit(config: TrainConfig, model_config: ModelConfig, data: Dataset, split: Sp
     """Fit one model with early stopping on validation weighted F1; return it (best weights),
     its vocabulary and the 1-based number of its best epoch."""
     keras.utils.set_random_seed(config.seed)
-    vectorizer, vocabulary = None, []
-    if "text" in model_config.branches:
-        vectorizer = make_vectorizer(model_config)
-        vectorizer.adapt(data.texts[split.train].astype(str), batch_size=4096)
-        vocabulary = [str(token) for token in vectorizer.get_vocabulary()]
-    model = build_model(model_config, vectorizer)
+    model = build_model(model_config, data.texts[split.train])
     num_classes = len(labels)
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                   loss="categorical_crossentropy",
@@ -98,7 +93,7 @@ def fit(config: TrainConfig, model_config: ModelConfig, data: Dataset, split: Sp
     if stop.stopped_epoch:
         logger.info("Early stop after epoch %d: best validation weighted F1 %.4f at epoch %d (weights restored)",
                     stop.stopped_epoch + 1, max(scores), best_epoch)
-    return model, vocabulary, best_epoch
+    return model, model_vocabulary(model), best_epoch
 
 
 def predict(model: keras.Model, data: Dataset, rows: np.ndarray, images: image_cache.ImageCache,

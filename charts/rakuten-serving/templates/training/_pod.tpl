@@ -81,6 +81,8 @@ spec:
           value: {{ include "rakuten-serving.modelUri" . | quote }}
         - name: EPOCHS
           value: {{ .Values.training.epochs | int64 | quote }}
+        - name: BATCH_SIZE
+          value: {{ .Values.training.batchSize | int64 | quote }}
         - name: IMAGE_SIZE
           value: {{ .Values.training.imageSize | int64 | quote }}
         - name: MLFLOW_TRACKING_URI
