@@ -11,9 +11,10 @@ files are downloaded into a fresh folder inside the cache, so nothing is ever wr
 removed outside it.
 
 Which version (``fetch`` of a prefix of versions): the newest by the manifest's
-``created_at``, not by name. **Fallback policy** (``fallback``): if the newest version is
-unusable (manifest corrupt, a file missing or not matching its checksum), ``"previous"``
-(the default) logs why and tries the next newest, and so on; ``"none"`` fails at once. A URI
+``created_at``, not by name (a version whose manifest cannot be read counts as newer than
+all). **Fallback policy** (``fallback``): if the newest version is unusable (manifest
+corrupt, a file missing or not matching its checksum), ``"previous"`` (the default) logs why
+and tries the next newest, and so on; ``"none"`` fails at once. A URI
 naming one version never falls back. Storage that cannot be reached is never a reason to
 fall back: that fails (after bounded retries, see ``rakuten_common.storage``).
 """
@@ -135,9 +136,11 @@ def _load_manifest(store: Store, prefix: str, destination: Path, where: str) -> 
 
 
 def candidate_versions(store: Store, scratch: Path) -> list[tuple[str, Manifest | ArtifactError]]:
-    """Complete versions, newest ``created_at`` first, with their manifest (or why it is unusable).
+    """Complete versions, newest first, with their manifest (or why it is unusable).
 
-    Unusable manifests sort last (after every readable one), newest name first among them.
+    A manifest that cannot be read has no trustworthy ``created_at``: such versions come first
+    (newest name first), so that policy ``none`` refuses to start rather than guess, and policy
+    ``previous`` logs each of them before serving the newest readable one.
     """
     readable, unreadable = [], []
     for version in store.list_versions():
@@ -153,7 +156,7 @@ def candidate_versions(store: Store, scratch: Path) -> list[tuple[str, Manifest 
             unreadable.append((version, exc))
     readable.sort(key=lambda item: (item[0], item[1]), reverse=True)
     unreadable.sort(reverse=True)
-    return [(version, manifest) for _, version, manifest in readable] + unreadable
+    return unreadable + [(version, manifest) for _, version, manifest in readable]
 
 
 def resolve_version(store: Store) -> str | None:
