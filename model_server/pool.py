@@ -6,6 +6,10 @@ the queue and move that job to the back, so a 64-product request spreads over ev
 but a one-product request queued behind it waits for one unit, not for 64. A job whose
 client is gone (``cancel``) or whose deadline passed has its remaining units skipped: no
 decoding is spent on an answer nobody will read.
+
+Heavy units (``heavy(fn)``: e.g. decoding a large PNG, which cannot be decoded at a reduced
+scale) run on at most ``workers - 1`` threads at a time, so at least one thread always
+serves ordinary requests while big images are decoded.
 """
 from __future__ import annotations
 
@@ -17,6 +21,18 @@ from typing import Any, Callable
 from model_server.admission import Deadline, DeadlineExceeded
 
 Unit = Callable[[], None]
+
+
+class heavy:  # noqa: N801 - used as a marker: ``job.add([heavy(fn)])``
+    """A unit that takes long (a large image): limited to ``workers - 1`` threads at once."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Unit):
+        self.fn = fn
+
+    def __call__(self) -> None:
+        return self.fn()
 
 
 class Job:
@@ -83,6 +99,8 @@ class FairPool:
         self._ready: deque[Job] = deque()
         self._cv = threading.Condition()
         self._closed = False
+        self.heavy_cap = max(1, workers - 1)
+        self._heavy_running = 0
         self._threads = [threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True)
                          for i in range(max(1, workers))]
         for thread in self._threads:
@@ -117,20 +135,34 @@ class FairPool:
             job.pending -= 1
             return job.pending == 0
 
+    def _next_job(self) -> Job | None:
+        """The first queued job whose next unit may start now (heavy units wait for a heavy slot)."""
+        for index, job in enumerate(self._ready):
+            if not isinstance(job.units[0], heavy) or self._heavy_running < self.heavy_cap:
+                del self._ready[index]
+                return job
+        return None
+
     def _work(self) -> None:
         while True:
             with self._cv:
-                while not self._ready and not self._closed:
+                while (job := self._next_job()) is None:
+                    if self._closed and not self._ready:
+                        return
                     self._cv.wait()
-                if not self._ready:
-                    return
-                job = self._ready.popleft()
                 unit = job.units.popleft()
                 if job.units:
                     self._ready.append(job)  # its next unit waits for the other jobs' turn
                 else:
                     job.queued = False
+                is_heavy = isinstance(unit, heavy)
+                if is_heavy:
+                    self._heavy_running += 1
             job._run(unit, isinstance(unit, _First))
+            if is_heavy:
+                with self._cv:
+                    self._heavy_running -= 1
+                    self._cv.notify_all()
 
     def close(self) -> None:
         with self._cv:

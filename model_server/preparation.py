@@ -17,7 +17,7 @@ from kserve.protocol.infer_type import InferRequest
 from model_server.admission import Deadline, Ticket
 from model_server.binary import decode_binary_request
 from model_server.codec import Products, RequestRejected, decode_request, parse_json, request_from_json
-from model_server.pool import Job
+from model_server.pool import Job, heavy
 from model_server.settings import RequestLimits
 from rakuten_common.preprocessing import (ImageError, ImageLimits, decode_cost, decode_image, decode_image_pixels,
                                           open_image, product_text)
@@ -80,6 +80,11 @@ def open_images(products: Products, size: int, limits: RequestLimits) -> list:
     return opened
 
 
+#: Images whose decoding produces more pixels than this are heavy units (see ``model_server.pool``):
+#: a 500x500 product photo decodes to 0.06 MP at its reduced JPEG scale, a 2000x2000 PNG to 4 MP.
+HEAVY_PIXELS = 2_000_000
+
+
 def prepare_units(job: Job, incoming: Incoming, limits: RequestLimits, num_classes: int,
                   image_size: int) -> Prepared:
     """A request's first unit of work on the pool (see the module docstring)."""
@@ -99,10 +104,12 @@ def prepare_units(job: Job, incoming: Incoming, limits: RequestLimits, num_class
             raise _rejected(i, exc) from None
         texts[i] = product_text(products.designations[i], products.descriptions[i])
 
-    if n == 1:
-        product(0)
+    costs = [decode_cost(image) for image in opened]
+    if n == 1 and costs[0] <= HEAVY_PIXELS:
+        product(0)  # the common case: one unit of work for the whole request
     else:
-        job.add([lambda i=i: product(i) for i in range(n)])
+        job.add([heavy(lambda i=i: product(i)) if costs[i] > HEAVY_PIXELS else (lambda i=i: product(i))
+                 for i in range(n)])
     return Prepared(request, {"text": texts, "image": images}, products.top_k, request.id or incoming.request_id,
                     incoming.deadline, incoming.ticket)
 

@@ -95,6 +95,7 @@ def test_pool_skips_the_units_of_cancelled_and_expired_jobs():
         late = asyncio.ensure_future(pool.run(lambda job: ran.append("late"), Deadline.after(0.05)))
         await asyncio.sleep(0.1)
         gone.cancel()
+        await asyncio.sleep(0.05)  # the cancellation reaches the job
         blocker.set()
         await first
         with pytest.raises(DeadlineExceeded):
@@ -263,3 +264,29 @@ def test_departed_clients_are_counted_as_499_and_their_work_skipped(small_server
     assert metric(small_server.url, "rakuten_requests_total", status="499") - before["499"] == 2
     assert metric(small_server.url, "rakuten_requests_total", status="200") - before["200"] == 1
     assert metric(small_server.url, "rakuten_dropped_requests_total", reason="client_disconnected") - gone == 2
+
+
+def test_heavy_units_leave_a_thread_for_ordinary_requests():
+    """Two threads, two requests of heavy units (large images) queued: only one heavy unit runs at a
+    time, and an ordinary request is served by the other thread meanwhile."""
+    from model_server.pool import heavy
+
+    pool = FairPool(2)
+    release, started = threading.Event(), []
+
+    def slow():
+        started.append(1)
+        release.wait(10)
+
+    async def main():
+        jobs = [asyncio.ensure_future(pool.run(lambda job: job.add([heavy(slow)] * 3), Deadline.after(30)))
+                for _ in range(2)]
+        await asyncio.sleep(0.2)
+        light = await asyncio.wait_for(pool.run(lambda job: len(started), Deadline.after(30)), timeout=5)
+        release.set()
+        await asyncio.gather(*jobs)
+        return light
+
+    assert asyncio.run(main()) == 1  # the light request ran while one heavy unit held one thread
+    pool.close()
+    assert len(started) == 6
