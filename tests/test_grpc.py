@@ -65,7 +65,7 @@ def kserve_request(products, raw: bool = True, top_k: int = 3, request_id: str =
 
 def grpc_infer(target: str, request: InferRequest, headers=None):
     async def call():
-        client = InferenceGRPCClient(url=target, timeout=30, retries=1)
+        client = InferenceGRPCClient(url=target, timeout=30, retries=2)
         try:
             return await client.infer(request, headers=headers)
         finally:

@@ -67,7 +67,7 @@ def test_sigterm_fails_readiness_first_serves_through_the_drain_then_stops(publi
         assert DRAIN - 0.5 <= stopped
     finally:
         server.stop()
-    logs = server.logs()
+    logs = server.log_path.read_text(errors="replace")
     assert "readiness now fails; serving for 4.0 s more" in logs and "Server stopped" in logs
 
 
