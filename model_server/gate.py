@@ -36,6 +36,8 @@ logger = logging.getLogger("rakuten.model_server")
 
 REQUEST_ID_HEADER = b"x-request-id"
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:/+=@-]{1,128}$")
+#: A request refused before its body is read keeps its connection if the body is at most this big.
+KEEP_ALIVE_REFUSED_BYTES = 1024 * 1024
 #: Status recorded for a client that left before its answer (nginx's convention).
 CLIENT_CLOSED = 499
 SCOPE_INCOMING = "rakuten.incoming"
@@ -75,6 +77,7 @@ class Gate:
         name = settings.model_name
         self.infer_path = f"/v2/models/{name}/infer"
         self.model_ready_path = f"/v2/models/{name}/ready"
+        self.probe_paths = frozenset({"/", "/v2/health/live", "/v2/health/ready", self.model_ready_path})
         self.metrics_here = settings.metrics_port == 0
         self._requests = {}  # status -> counter child
         self._name = name
@@ -107,7 +110,7 @@ class Gate:
 
         infer = path == self.infer_path and scope["method"] == "POST"
         try:
-            if path.startswith("/v2/health/") or path == self.model_ready_path or path == "/":
+            if path in self.probe_paths:
                 await self._probe(path, send_with_id)
             elif path == "/metrics" and self.metrics_here:
                 await self._metrics(send_with_id)
@@ -186,8 +189,11 @@ class Gate:
         try:
             ticket = Ticket(self.admission, length or 0, deadline)
         except Overloaded as exc:
+            # Small bodies are skipped by the parser and the connection kept (cheaper for both ends
+            # than reconnecting); a large or unannounced body is not worth receiving: close.
+            close = [(b"connection", b"close")] if length is None or length > KEEP_ALIVE_REFUSED_BYTES else []
             return await _json(send, 503, {"error": str(exc)}, [(b"retry-after", str(exc.retry_after).encode()),
-                                                                  (b"connection", b"close")])
+                                                                  *close])
         try:
             body = await self._read_body(receive, send, ticket, length)
             if body is None:
