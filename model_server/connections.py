@@ -8,7 +8,9 @@
   longest (between requests or still sending headers) is closed to make room, so slow
   clients cannot lock out the others, and descriptors never run out;
 - limits on the request line and headers (``--max_header_bytes``, ``--max_headers``):
-  ``431`` (``414`` for the URL) instead of buffering without end.
+  ``431`` (``414`` for the URL) instead of buffering without end;
+- health probes answered as soon as their headers are parsed, in the read callback itself:
+  no ASGI task to schedule behind the inference work queued on the event loop.
 
 Requests that are being answered are never closed by these.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from typing import Callable
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -40,6 +43,9 @@ class Limits:
         self.idle: OrderedDict[int, "GuardedHttpToolsProtocol"] = OrderedDict()  # oldest first
         self.open = 0
         self.evicted = 0
+        #: raw paths answered at once, and the answerer: (path, headers) -> (status, body, request id, close)
+        self.probe_paths: frozenset[bytes] = frozenset()
+        self.probe: Callable[[str, list], tuple[int, bytes, str, bool]] | None = None
 
 
 def protocol_class(limits: Limits) -> type:
@@ -62,6 +68,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._header_timer = None
         self._limit: HeaderLimitExceeded | None = None
+        self._fast = False
         super().connection_made(transport)
         self._evictable()
         self._arm_header_timer()
@@ -150,7 +157,35 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._busy()
+        self._fast = (self.url in self.limits.probe_paths and self.parser.get_method() == b"GET"
+                      and (self.cycle is None or self.cycle.response_complete) and not self.pipeline)
+        if self._fast:
+            return self._answer_probe()
         super().on_headers_complete()
+
+    def _answer_probe(self) -> None:
+        status, body, request_id, close = self.limits.probe(self.url.decode("latin-1"), self.headers)
+        close = close or not self.parser.should_keep_alive()
+        self.transport.write(b"".join([
+            STATUS_LINE[status], b"content-type: application/json\r\ncontent-length: ", str(len(body)).encode(),
+            b"\r\nx-request-id: ", request_id.encode(), b"\r\nconnection: close\r\n\r\n" if close else b"\r\n\r\n",
+            body]))
+        self.server_state.total_requests += 1
+        if close:
+            self.transport.close()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._fast:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self._fast:
+            return super().on_message_complete()
+        self._fast = False
+        if not self.transport.is_closing():  # kept alive, as after any response
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
+                                                                self.timeout_keep_alive_handler)
+            self._evictable()
 
     def on_response_complete(self) -> None:
         more = bool(self.pipeline)

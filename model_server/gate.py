@@ -138,17 +138,26 @@ class Gate:
         return scope.get("rakuten.started", False)
 
     # -- probes and metrics ----------------------------------------------------------------------
-    async def _probe(self, path: str, send) -> None:
-        if path.endswith("/live") or path == "/":
-            return await _json(send, 200, {"live": True} if path != "/" else {"status": "alive"})
+    def probe_answer(self, path: str) -> tuple[int, dict]:
+        if path == "/":
+            return 200, {"status": "alive"}
+        if path.endswith("/live"):
+            return 200, {"live": True}
         reason = self.state.not_ready_reason()
-        if path == self.model_ready_path:
-            body = {"name": self._name, "ready": reason is None}
-        else:
-            body = {"ready": reason is None}
+        body = {"name": self._name, "ready": reason is None} if path == self.model_ready_path else {"ready": reason is None}
         if reason is not None:
             body["error"] = reason
-        await _json(send, 200 if reason is None else 503, body)
+        return (200 if reason is None else 503), body
+
+    def fast_probe(self, path: str, headers: list) -> tuple[int, bytes, str, bool]:
+        """A probe answered by the HTTP protocol itself (``model_server.connections``)."""
+        rid = request_id_from(next((value for key, value in headers if key == REQUEST_ID_HEADER), None))
+        status, body = self.probe_answer(path)
+        return status, orjson.dumps(body), rid, self.state.draining
+
+    async def _probe(self, path: str, send) -> None:
+        status, body = self.probe_answer(path)
+        await _json(send, status, body)
 
     async def _metrics(self, send) -> None:
         text = await asyncio.get_running_loop().run_in_executor(None, exposition.generate_latest, REGISTRY)

@@ -94,6 +94,8 @@ class ModelServer:
             logger.info("Serving /metrics on port %d", settings.metrics_port)
         limits = Limits(settings.max_connections, settings.header_timeout_seconds, settings.max_header_bytes,
                         settings.max_headers)
+        limits.probe_paths = frozenset(path.encode() for path in self.gate.probe_paths)
+        limits.probe = self.gate.fast_probe
         config = uvicorn.Config(self.gate, host="0.0.0.0", port=settings.http_port, http=protocol_class(limits),
                                 ws="none", lifespan="off", log_config=None, access_log=False, server_header=False,
                                 timeout_keep_alive=settings.timeout_keep_alive, loop="none",
