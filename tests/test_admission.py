@@ -229,7 +229,7 @@ def _complete(data: bytes) -> bool:
 
 def test_expired_deadlines_drop_queued_work(small_server):
     """Requests with a short `timeout` queued behind slow ones: 504, counted, and never decoded."""
-    slow = heavy_body(4000)
+    slow = heavy_body(6000)  # 36 MP each: seconds of decoding on the one thread
     short = heavy_body(1000)
     dropped = metric(small_server.url, "rakuten_dropped_requests_total", reason="deadline")
     wasted = metric(small_server.url, "rakuten_wasted_rows_total", stage="preprocess")
