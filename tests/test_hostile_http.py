@@ -119,6 +119,7 @@ CASES = {
     "not_utf8": (b'{"inputs": ["\xff\xfe"]}', 422, r"not valid JSON"),
     "lone_surrogate_id": (b'{"id": "\\ud800", ' + json.dumps(valid())[1:].encode(), 422, r"not valid JSON"),
     "nan_literal": (b'{"inputs": [], "parameters": {"top_k": NaN}}', 422, r"not valid JSON"),
+    "three_megabytes_unterminated": (b'{"inputs": "' + b"x" * 3_000_000, 422, r"not valid JSON"),
     "deep_nesting": (b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 422, r"not valid JSON"),
     # V2 requests this model refuses: 400
     "missing_image": ({"inputs": valid()["inputs"][:2]}, 400, r"missing required input.*image"),
