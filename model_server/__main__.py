@@ -27,11 +27,11 @@ def _import_kserve():
 
 def serve(settings: Settings) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    kserve = _import_kserve()
+    _import_kserve()
     import warnings
 
-    from model_server import app
     from model_server.model import RakutenClassifier
+    from model_server.server import ModelServer
     from rakuten_common.artifacts import ArtifactError
     from rakuten_common.cpu import configure_tensorflow
 
@@ -39,17 +39,14 @@ def serve(settings: Settings) -> int:
     warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
     configure_logging(settings.log_level, access_log=settings.access_log, timings=settings.enable_latency_logging)
     configure_tensorflow(settings.tf_intra_op_threads, settings.tf_inter_op_threads)  # before any op runs
+    logging.getLogger("rakuten.access").setLevel(logging.INFO if settings.access_log else logging.WARNING)
     model = RakutenClassifier(settings)
     try:
         model.load()
     except ArtifactError as exc:
         logger.error("cannot load a model: %s", exc)
         return 1
-    server = kserve.ModelServer(http_port=settings.http_port, grpc_port=settings.grpc_port, workers=1,
-                                enable_grpc=settings.enable_grpc,
-                                enable_latency_logging=settings.enable_latency_logging)
-    app.extend(kserve.model_server.app, server.dataplane, model.name)
-    server.start([model])
+    ModelServer(settings, model).run()
     return 0
 
 

@@ -4,7 +4,8 @@ Requests queue up while the model is busy and the next call takes as many as fit
 ``max_batch_size`` rows. When the queue runs dry, the batcher waits up to ``max_batch_time``
 for more rows, but only if more are on their way (requests still being pre-processed): a
 lone request is never delayed. Each caller gets exactly its own rows back; a model failure
-fails only the callers of that call.
+fails only the callers of that call. Callers that went away (cancelled) or whose deadline
+passed while queued are left out of the next call: the model never runs rows nobody awaits.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from typing import Callable
 
 import numpy as np
 
+from model_server.admission import Deadline, DeadlineExceeded
+
 InferFn = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
@@ -24,29 +27,41 @@ class _Pending:
     inputs: dict[str, np.ndarray]
     future: asyncio.Future
     rows: int
+    deadline: Deadline | None = None
     enqueued: float = field(default_factory=time.perf_counter)
+
+    def expired(self) -> bool:
+        return self.deadline is not None and self.deadline.expired()
 
 
 class AdaptiveBatcher:
     """Merges concurrent ``submit`` calls into calls of ``infer`` on one inference thread."""
 
     def __init__(self, infer: InferFn, max_batch_size: int = 32, max_batch_time: float = 0.005,
-                 on_batch: Callable[[int, list[float], float], None] | None = None):
+                 on_batch: Callable[[int, list[float], float], None] | None = None,
+                 on_wasted: Callable[[int], None] | None = None):
         self.infer = infer
         self.max_batch_size = max_batch_size
         self.max_batch_time = max_batch_time
         self.on_batch = on_batch or (lambda rows, waits, seconds: None)
+        self.on_wasted = on_wasted or (lambda rows: None)
         self.incoming = 0  # requests admitted but not yet queued (being pre-processed)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self._queue: asyncio.Queue[_Pending] | None = None
         self._carry: _Pending | None = None
         self._worker: asyncio.Task | None = None
+        self._closed = False
 
     @property
     def enabled(self) -> bool:
         return self.max_batch_size > 1
 
-    async def submit(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    @property
+    def healthy(self) -> bool:
+        """Able to take work: not closed (a crashed worker is restarted by the next ``submit``)."""
+        return not self._closed
+
+    async def submit(self, inputs: dict[str, np.ndarray], deadline: Deadline | None = None) -> np.ndarray:
         """Run ``infer`` on ``inputs`` (merged with other callers' rows); return this caller's rows."""
         loop = asyncio.get_running_loop()
         rows = len(next(iter(inputs.values())))
@@ -59,7 +74,7 @@ class AdaptiveBatcher:
             self._queue = asyncio.Queue()
         if self._worker is None or self._worker.done():
             self._worker = loop.create_task(self._run(), name="adaptive-batcher")
-        pending = _Pending(inputs, loop.create_future(), rows)
+        pending = _Pending(inputs, loop.create_future(), rows, deadline)
         self._queue.put_nowait(pending)
         return await pending.future
 
@@ -98,7 +113,7 @@ class AdaptiveBatcher:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._collect()
-            batch = [p for p in batch if not p.future.done()]  # callers that went away
+            batch = [p for p in batch if self._still_wanted(p)]
             if not batch:
                 continue
             try:
@@ -115,10 +130,24 @@ class AdaptiveBatcher:
             for p in batch:
                 if not p.future.done():
                     p.future.set_result(result[offset:offset + p.rows])
+                else:
+                    self.on_wasted(p.rows)  # its caller left during the call
                 offset += p.rows
             self.on_batch(offset, [started - p.enqueued for p in batch], seconds)
 
+    @staticmethod
+    def _still_wanted(pending: _Pending) -> bool:
+        """False for callers that went away and for those whose deadline passed (failed here)."""
+        if pending.future.done():
+            return False
+        if pending.expired():
+            pending.future.set_exception(DeadlineExceeded(
+                f"deadline of {pending.deadline.seconds:g} s passed while queued for the model"))
+            return False
+        return True
+
     async def close(self) -> None:
+        self._closed = True
         if self._worker is not None:
             self._worker.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)

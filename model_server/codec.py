@@ -1,10 +1,15 @@
-"""The V2 contract of ``rakuten-classifier``: decode and validate an ``InferRequest``.
+"""The V2 contract of ``rakuten-classifier``: parse and validate a request, whatever its transport.
 
 Inputs, all ``datatype: BYTES`` with ``shape: [N]`` (``[N, 1]`` is accepted too):
 ``designation`` (required, UTF-8 text), ``description`` (optional, may be empty) and
 ``image`` (required; each element a JPEG/PNG/WebP file, base64 in JSON or raw bytes with the
-binary tensor extension / gRPC). Request parameter ``top_k``: 1 to the number of classes, default 1.
-Every refusal is a ``RequestRejected`` (HTTP 400) whose message names the problem.
+binary tensor extension / gRPC, typed ``bytes_contents`` or ``raw_input_contents``).
+Request parameter ``top_k``: 1 to the number of classes, default 1.
+
+Everything here treats its input as hostile: a JSON body is parsed with ``orjson`` (no
+pydantic on the event loop) and every field is type-checked before use, so any malformed
+request is a ``RequestRejected`` (HTTP 422 for a body that is not a V2 request at all, 400
+otherwise) whose message names the problem and never echoes the input back.
 """
 from __future__ import annotations
 
@@ -12,8 +17,9 @@ import base64
 import binascii
 from dataclasses import dataclass
 
+import orjson
 from kserve.errors import InvalidInput
-from kserve.protocol.infer_type import InferRequest, to_http_parameters
+from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput, to_http_parameters
 
 from model_server.settings import RequestLimits
 
@@ -23,12 +29,19 @@ INPUT_NAMES = REQUIRED_INPUTS + OPTIONAL_INPUTS
 
 
 class RequestRejected(InvalidInput):
-    """A client error (HTTP 400). ``kind`` is its ``reason`` label in ``rakuten_rejected_requests_total``;
-    the message (``InvalidInput.reason``, sent to the client) names the problem."""
+    """A client error. ``kind`` is its ``reason`` label in ``rakuten_rejected_requests_total``,
+    ``status`` its HTTP code; the message (``InvalidInput.reason``, sent to the client) names
+    the problem."""
 
-    def __init__(self, kind: str, message: str):
+    def __init__(self, kind: str, message: str, status: int = 400):
         super().__init__(message)
         self.kind = kind
+        self.status = status
+
+
+def malformed(message: str) -> RequestRejected:
+    """A body that is not a V2 inference request (HTTP 422, like FastAPI's schema errors)."""
+    return RequestRejected("malformed_request", message, status=422)
 
 
 @dataclass
@@ -44,39 +57,124 @@ class Products:
         return len(self.designations)
 
 
+# -- the JSON body (REST) -------------------------------------------------------------------------
+def _object(value, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise malformed(f"{where} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _optional_object(value, where: str) -> dict | None:
+    return None if value is None else _object(value, where)
+
+
+def _string(value, where: str) -> str:
+    if not isinstance(value, str):
+        raise malformed(f"{where} must be a string, got {type(value).__name__}")
+    return value
+
+
+def parse_json(body: bytes | memoryview) -> dict:
+    """``orjson.loads`` of a request body, refusing what is not a JSON object."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise malformed(f"the request body is not valid JSON: {exc}") from None
+    return _object(document, "the request body")
+
+
+def request_from_json(document: dict, model_name: str, data_required: bool = True) -> InferRequest:
+    """An ``InferRequest`` from a parsed V2 JSON document, every field type-checked.
+
+    ``data_required=False`` (binary extension) lets an input carry ``binary_data_size`` instead.
+    """
+    inputs_json = document.get("inputs")
+    if not isinstance(inputs_json, list):
+        raise malformed('the request needs an "inputs" list')
+    inputs = []
+    for index, spec in enumerate(inputs_json):
+        where = f"inputs[{index}]"
+        spec = _object(spec, where)
+        for key in ("name", "shape", "datatype"):
+            if key not in spec:
+                raise malformed(f"{where} has no {key!r}")
+        name = _string(spec["name"], f"{where}.name")
+        shape = spec["shape"]
+        if not isinstance(shape, list):
+            raise malformed(f"{where}.shape must be a list of integers, got {type(shape).__name__}")
+        parameters = _optional_object(spec.get("parameters"), f"{where}.parameters")
+        tensor = InferInput(name=name, shape=shape, datatype=_string(spec["datatype"], f"{where}.datatype"),
+                            data=spec.get("data"), parameters=dict(parameters) if parameters else {})
+        if tensor.data is None and (data_required or "binary_data_size" not in tensor.parameters):
+            raise malformed(f"input {name!r} has no data")
+        inputs.append(tensor)
+    outputs = None
+    if document.get("outputs") is not None:
+        if not isinstance(document["outputs"], list):
+            raise malformed('"outputs" must be a list')
+        outputs = []
+        for index, spec in enumerate(document["outputs"]):
+            spec = _object(spec, f"outputs[{index}]")
+            outputs.append(RequestedOutput(name=_string(spec.get("name"), f"outputs[{index}].name"),
+                                           parameters=_optional_object(spec.get("parameters"),
+                                                                       f"outputs[{index}].parameters")))
+    request_id = document.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise RequestRejected("invalid_id", f'"id" must be a string, got {type(request_id).__name__}')
+    return InferRequest(model_name=model_name, infer_inputs=inputs, request_id=request_id,
+                        parameters=_optional_object(document.get("parameters"), '"parameters"'),
+                        request_outputs=outputs)
+
+
+# -- one request's products ------------------------------------------------------------------------
 def _top_k(request: InferRequest, num_classes: int) -> int:
     value = to_http_parameters(request.parameters or {}).get("top_k", 1)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= num_classes:
         raise RequestRejected("invalid_parameter",
-                              f"parameter top_k must be an integer from 1 to {num_classes}, got {value!r}")
+                              f"parameter top_k must be an integer from 1 to {num_classes}, got {_short(value)}")
     return value
 
 
-def _elements(tensor, limits: RequestLimits) -> list:
+def _short(value, limit: int = 40) -> str:
+    """``repr`` of a client's value, cut: error messages never echo a whole input back."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _split_bytes_elements(raw: bytes, name: str) -> list[bytes]:
+    from model_server.binary import split_bytes_elements  # binary imports this module
+
+    return split_bytes_elements(raw, name)
+
+
+def _elements(tensor: InferInput, limits: RequestLimits) -> list:
     """The flat element list of one BYTES input, after checking datatype and shape."""
     name = tensor.name
     if tensor.datatype != "BYTES":
-        raise RequestRejected("wrong_datatype", f"input {name!r} must have datatype BYTES, got {tensor.datatype}")
-    shape = list(tensor.shape or [])
-    if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or not all(
+        raise RequestRejected("wrong_datatype",
+                              f"input {name!r} must have datatype BYTES, got {_short(tensor.datatype)}")
+    shape = tensor.shape
+    if not isinstance(shape, list) or not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or not all(
             isinstance(d, int) and not isinstance(d, bool) for d in shape):
-        raise RequestRejected("wrong_shape", f"input {name!r} must have shape [N] (or [N, 1]), got {shape}")
+        raise RequestRejected("wrong_shape", f"input {name!r} must have shape [N] (or [N, 1]), got {_short(shape)}")
     n = shape[0]
     if n < 1:
         raise RequestRejected("wrong_shape", f"input {name!r} has shape {shape}: at least one product is needed")
     if n > limits.max_items:
         raise RequestRejected("batch_too_large",
                               f"input {name!r} holds {n} products, this server accepts at most {limits.max_items}")
-    data = tensor.data
+    raw = getattr(tensor, "_raw_data", None)
+    data = _split_bytes_elements(raw, name) if raw is not None else tensor.data
     if data is None:
         raise RequestRejected("missing_data", f"input {name!r} has no data")
-    data = list(data)
+    if not isinstance(data, (list, tuple)):
+        raise RequestRejected("wrong_shape", f"input {name!r}: data must be a list, got {type(data).__name__}")
     if data and isinstance(data[0], list):
         data = [element for row in data for element in (row if isinstance(row, list) else [row])]
     if len(data) != n:
         raise RequestRejected("shape_mismatch",
                               f"input {name!r} declares shape {shape} but holds {len(data)} elements")
-    return data
+    return list(data)
 
 
 def _text(value, name: str, index: int, limits: RequestLimits) -> str:
@@ -90,6 +188,10 @@ def _text(value, name: str, index: int, limits: RequestLimits) -> str:
     if len(value) > limits.max_text_chars:
         raise RequestRejected("text_too_long",
                               f"{name}[{index}] has {len(value)} characters, limit is {limits.max_text_chars}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestRejected("invalid_text", f"{name}[{index}] holds a lone surrogate (not valid Unicode)") from None
     return value
 
 
@@ -115,18 +217,33 @@ def _image(value, index: int, limits: RequestLimits) -> bytes:
     return data
 
 
+def check_request_id(request_id, limits: RequestLimits) -> None:
+    """A request id is echoed in the answer: bounded, and valid Unicode."""
+    if request_id is None:
+        return
+    if not isinstance(request_id, str):
+        raise RequestRejected("invalid_id", f'"id" must be a string, got {type(request_id).__name__}')
+    if len(request_id) > limits.max_id_chars:
+        raise RequestRejected("invalid_id", f'"id" has {len(request_id)} characters, limit is {limits.max_id_chars}')
+    try:
+        request_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestRejected("invalid_id", '"id" holds a lone surrogate (not valid Unicode)') from None
+
+
 def decode_request(request: InferRequest, limits: RequestLimits, num_classes: int) -> Products:
     """Validate names, datatypes, shapes and elements; raise ``RequestRejected`` on the first fault.
 
     ``num_classes`` (from the loaded label map) bounds ``top_k``."""
     if not isinstance(request, InferRequest):
         raise RequestRejected("wrong_protocol", "this model speaks the V2 protocol: POST /v2/models/<name>/infer")
+    check_request_id(request.id, limits)
     tensors = {}
     for tensor in request.inputs or []:
         if tensor.name in tensors:
-            raise RequestRejected("duplicate_input", f"input {tensor.name!r} appears more than once")
+            raise RequestRejected("duplicate_input", f"input {_short(tensor.name)} appears more than once")
         if tensor.name not in INPUT_NAMES:
-            raise RequestRejected("unknown_input", f"unknown input {tensor.name!r}: inputs are {list(INPUT_NAMES)}")
+            raise RequestRejected("unknown_input", f"unknown input {_short(tensor.name)}: inputs are {list(INPUT_NAMES)}")
         tensors[tensor.name] = tensor
     missing = [name for name in REQUIRED_INPUTS if name not in tensors]
     if missing:

@@ -26,6 +26,22 @@ MODEL_SECONDS = Histogram(
     ["model_name"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
 IN_FLIGHT = Gauge(
     "rakuten_inflight_requests", "Inference requests being processed", ["model_name"])
+QUEUED_ROWS = Gauge(
+    "rakuten_queued_rows", "Products admitted and not yet through the model (bounded by --max_queued_rows)",
+    ["model_name"])
+INFLIGHT_BYTES = Gauge(
+    "rakuten_inflight_bytes", "Request-body bytes held by admitted requests (bounded by --max_inflight_bytes)",
+    ["model_name"])
+#: Why a request was dropped before (or without further) work: refused at admission, its deadline
+#: passed while queued, or its client went away.
+DROP_REASONS = ("overloaded", "deadline", "client_disconnected")
+DROPPED = Counter(
+    "rakuten_dropped_requests", "Inference requests dropped without (further) work, by reason: "
+    "overloaded (503 at admission), deadline (504), client_disconnected", ["model_name", "reason"])
+WASTED_ROWS = Counter(
+    "rakuten_wasted_rows", "Products preprocessed or run through the model for a request whose client had "
+    "already left or whose deadline had passed when that step ended (work that was in progress; queued "
+    "work is dropped)", ["model_name", "stage"])
 MODEL_INFO = Gauge(
     "rakuten_model_info", "Model version being served (value 1)", ["model_name", "version"])
 LOAD_SECONDS = Gauge(

@@ -1,63 +1,40 @@
 """``RakutenClassifier``: the ``kserve.Model`` serving the concatenated text+image classifier.
 
-preprocess: validate the V2 request (4xx on any fault), clean text and decode images on a
-    thread pool, off the event loop.
+preprocess: parse and validate the V2 request (4xx on any fault), clean text and decode
+    images on the preprocessing threads (``FairPool``), off the event loop.
 predict:    hand the arrays to the adaptive batcher, which runs the model on its own thread.
 postprocess: top-k codes and probabilities as V2 outputs, and the prediction counters.
-Drift monitoring (``model_server.drift``): each product's profile features are computed in
-preprocess, on the same threads, and enter the drift window with its top-1 in postprocess.
+
+The transports (``model_server.app`` for REST, ``model_server.grpc_service``) hand in an
+``Incoming``: the request's admission ticket, deadline and id, with a raw body or a request.
+Drift monitoring (``model_server.drift``): each product's profile features are taken from what
+preprocessing produced and enter the drift window with its top-1 in postprocess.
 """
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import uuid
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from functools import partial
 
 import kserve
 import numpy as np
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from model_server import metrics
+from model_server.admission import Deadline
 from model_server.batching import AdaptiveBatcher
-from model_server.codec import Products, RequestRejected, decode_request
-from model_server.drift import DriftMonitor, Observation
+from model_server.codec import RequestRejected
+from model_server.drift import DriftMonitor
+from model_server.pool import FairPool
+from model_server.preparation import Incoming, Prepared, prepare, prepare_units  # noqa: F401 - prepare: API
 from model_server.runner import ModelRunner
 from model_server.settings import Settings
 from rakuten_common.artifacts import fetch
 from rakuten_common.bundle import load_bundle
 from rakuten_common.labels import LabelMap
-from rakuten_common.preprocessing import ImageError, ImageInfo, ImageLimits, decode_image, product_text
 
 logger = logging.getLogger("rakuten.model_server")
-
-
-@dataclass
-class Prepared:
-    """One request after preprocessing, and later its probabilities."""
-
-    request: InferRequest
-    inputs: dict[str, np.ndarray]
-    top_k: int
-    probabilities: np.ndarray | None = None
-    drift: Observation | None = None
-
-
-def prepare(products: Products, image_size: int, image_limits: ImageLimits,
-            infos: list[ImageInfo] | None = None) -> dict[str, np.ndarray]:
-    """The CPU-bound part of serving's preprocessing: the shared text and image functions
-    (``infos``, if given, receive each image's header facts)."""
-    images = np.empty((len(products), image_size, image_size, 3), dtype=np.uint8)
-    for i, data in enumerate(products.images):
-        try:
-            images[i] = decode_image(data, image_size, image_limits, infos[i] if infos else None)
-        except ImageError as exc:
-            raise RequestRejected(exc.reason, f"image[{i}]: {exc}") from None
-    texts = np.array([product_text(d, s) for d, s in zip(products.designations, products.descriptions)],
-                     dtype=object)
-    return {"text": texts, "image": images}
 
 
 class RakutenClassifier(kserve.Model):
@@ -69,8 +46,10 @@ class RakutenClassifier(kserve.Model):
         self.runner: ModelRunner | None = None
         self.batcher: AdaptiveBatcher | None = None
         self.limits = settings.limits
-        self._pool = ThreadPoolExecutor(settings.preprocess_workers, thread_name_prefix="preprocess")
         self._name_label = {"model_name": settings.model_name}
+        wasted = metrics.WASTED_ROWS.labels(stage="preprocess", **self._name_label)
+        self.pool = FairPool(settings.preprocess_workers, on_wasted=wasted.inc)
+        self._wasted_model_rows = metrics.WASTED_ROWS.labels(stage="model", **self._name_label)
         self.drift = DriftMonitor(settings.model_name, settings.drift)
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -82,14 +61,16 @@ class RakutenClassifier(kserve.Model):
         timer = metrics.LoadTimer(self.settings.model_name)
         logger.info("Fetching model from %s", self.settings.model_uri)
         with timer.phase("fetch"):
-            bundle, manifest = fetch(self.settings.model_uri, self.settings.model_cache_dir, progress=logger.info)
+            bundle, manifest = fetch(self.settings.model_uri, self.settings.model_cache_dir, progress=logger.info,
+                                     fallback=self.settings.model_fallback)
         with timer.phase("load"):
             model, self.labels, spec = load_bundle(bundle)
         with timer.phase("warmup"):
             self.runner = ModelRunner(model, spec)
             self.runner.warm_up(tuple(sorted({1, self.settings.max_batch_size})))
         self.batcher = AdaptiveBatcher(self.runner, self.settings.max_batch_size,
-                                       self.settings.max_batch_time, on_batch=self._observe_batch)
+                                       self.settings.max_batch_time, on_batch=self._observe_batch,
+                                       on_wasted=self._wasted_model_rows.inc)
         self.version = manifest.version
         self.drift.start(bundle, manifest.version, spec.sequence_length)  # a new version, a new window
         # Move the long-lived heap (TensorFlow, Keras, the model) out of the collector's reach:
@@ -101,6 +82,14 @@ class RakutenClassifier(kserve.Model):
                     manifest.metrics, timer, self.settings.max_batch_size, self.settings.max_batch_time_ms)
         self.ready = True
         return self.ready
+
+    def can_answer(self) -> bool:
+        """Readiness: loaded, not stopped, and the batcher able to take work."""
+        return self.ready and self.runner is not None and self.batcher is not None and self.batcher.healthy
+
+    def stop(self) -> None:
+        """Unloaded (repository API) or shutting down: not ready any more."""
+        self.ready = False
 
     def _observe_batch(self, rows: int, waits: list[float], seconds: float) -> None:
         metrics.BATCH_SIZE.labels(**self._name_label).observe(rows)
@@ -118,30 +107,32 @@ class RakutenClassifier(kserve.Model):
                 {"name": "probability", "datatype": "FP32", "shape": [-1, -1]}]
 
     # -- inference ---------------------------------------------------------------------
-    async def preprocess(self, payload: InferRequest, headers: dict[str, str] | None = None) -> Prepared:
+    async def preprocess(self, payload: Incoming | InferRequest, headers: dict[str, str] | None = None) -> Prepared:
+        if isinstance(payload, InferRequest):  # in-process callers
+            payload = Incoming(self.name, Deadline.after(self.settings.request_timeout_seconds),
+                               str(uuid.uuid4()), request=payload)
         self.batcher.incoming += 1
         try:
-            products = decode_request(payload, self.limits, len(self.labels))
-            inputs, drift = await asyncio.get_running_loop().run_in_executor(self._pool, self._prepare, products)
+            prepared = await self.pool.run(partial(prepare_units, incoming=payload, limits=self.limits,
+                                                   num_classes=len(self.labels), image_size=self.runner.spec.image_size),
+                                           payload.deadline)
+            prepared.drift = self.drift.features(prepared.inputs["text"], prepared.descriptions, prepared.infos,
+                                                 prepared.inputs["image"])
+            return prepared
         except RequestRejected as exc:
             metrics.REJECTED.labels(reason=exc.kind, **self._name_label).inc()
             raise
         finally:
             self.batcher.incoming -= 1
-        return Prepared(payload, inputs, products.top_k, drift=drift)
-
-    def _prepare(self, products: Products) -> tuple[dict[str, np.ndarray], Observation | None]:
-        """``prepare`` plus the products' drift features, on a preprocessing thread."""
-        if not self.drift.active:
-            return prepare(products, self.runner.spec.image_size, self.limits.image), None
-        infos = [ImageInfo() for _ in range(len(products))]
-        inputs = prepare(products, self.runner.spec.image_size, self.limits.image, infos)
-        return inputs, self.drift.features(inputs["text"], products.descriptions, infos, inputs["image"])
 
     async def predict(self, payload: Prepared, headers: dict[str, str] | None = None,
                       response_headers: dict[str, str] | None = None) -> Prepared:
-        with metrics.IN_FLIGHT.labels(**self._name_label).track_inprogress():
-            payload.probabilities = await self.batcher.submit(payload.inputs)
+        try:
+            with metrics.IN_FLIGHT.labels(**self._name_label).track_inprogress():
+                payload.probabilities = await self.batcher.submit(payload.inputs, payload.deadline)
+        finally:
+            if payload.ticket is not None:
+                payload.ticket.release_rows()  # out of the queue: later requests may take its place
         return payload
 
     async def postprocess(self, result: Prepared, headers: dict[str, str] | None = None,
@@ -159,6 +150,6 @@ class RakutenClassifier(kserve.Model):
             output = InferOutput(name=name, shape=list(array.shape), datatype="INT64" if name == "prdtypecode" else "FP32")
             output.set_data_from_numpy(array, binary_data=binary)
             outputs.append(output)
-        return InferResponse(response_id=result.request.id or str(uuid.uuid4()), model_name=self.name,
+        return InferResponse(response_id=result.response_id, model_name=self.name,
                              model_version=self.version, infer_outputs=outputs, use_binary_outputs=binary,
                              parameters={"model_version": self.version})

@@ -31,6 +31,8 @@ class RequestLimits:
     max_items: int
     max_text_chars: int
     image: ImageLimits
+    max_request_pixels: int
+    max_id_chars: int
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,9 @@ class Settings:
                             help="one version folder, a prefix of versions, or s3://bucket/prefix")
     model_cache_dir: Path = option(Path("/tmp/rakuten-model-cache"), env="MODEL_CACHE_DIR",
                                    help="where s3:// models are downloaded")
+    model_fallback: str = option("previous", env="MODEL_FALLBACK", choices=("previous", "none"),
+                                 help="when the newest version of a prefix is unusable (corrupt manifest, "
+                                      "checksum mismatch): try the previous one, or fail")
     # -- listening -------------------------------------------------------------------------------
     http_port: int = option(8080, env="HTTP_PORT", help="REST port (V2, health, /metrics)")
     grpc_port: int = option(8081, env="GRPC_PORT", help="gRPC port (V2)")
@@ -81,6 +86,60 @@ class Settings:
     max_image_bytes: int = option(ImageLimits.max_bytes, env="MAX_IMAGE_BYTES", help="max size of one image file")
     max_image_pixels: int = option(ImageLimits.max_pixels, env="MAX_IMAGE_PIXELS",
                                    help="max width x height of one image, against decompression bombs")
+    max_request_pixels: int = option(50_000_000, env="MAX_REQUEST_PIXELS",
+                                     help="max pixels decoded for one request, all its images together "
+                                          "(JPEGs count at their reduced decoding scale, 16-bit images twice)")
+    max_id_chars: int = option(256, env="MAX_ID_CHARS", help="max characters of a request id")
+    # -- admission control (beyond these, a fast 503 with Retry-After) ---------------------------
+    max_queued_rows: int = option(64, env="MAX_QUEUED_ROWS",
+                                  help="max products admitted and not yet through the model (parsing, "
+                                       "preprocessing, batching queue)")
+    max_inflight_bytes: int = option(128 * 1024 * 1024, env="MAX_INFLIGHT_BYTES",
+                                     help="max request-body bytes held by admitted requests together")
+    request_timeout_seconds: float = option(30.0, env="REQUEST_TIMEOUT_SECONDS",
+                                            help="deadline of a request; a client's `timeout` header (seconds) "
+                                                 "or gRPC deadline may shorten it. Work still queued at the "
+                                                 "deadline is dropped and the answer is a 504")
+    # -- HTTP layer ------------------------------------------------------------------------------
+    max_body_bytes: int = option(32 * 1024 * 1024, env="MAX_BODY_BYTES",
+                                 help="max request body (HTTP) or message (gRPC), refused with 413 before it is read")
+    max_header_bytes: int = option(16 * 1024, env="MAX_HEADER_BYTES",
+                                   help="max size of a request's URL plus headers (431 beyond)")
+    max_headers: int = option(100, env="MAX_HEADERS", help="max number of request headers (431 beyond)")
+    header_timeout_seconds: float = option(10.0, env="HEADER_TIMEOUT_SECONDS",
+                                           help="time a client has to send a request's headers, then the "
+                                                "connection is closed (against slow-header attacks)")
+    body_timeout_seconds: float = option(30.0, env="BODY_TIMEOUT_SECONDS",
+                                         help="time a client has to send a request's body (408 beyond)")
+    timeout_keep_alive: int = option(65, env="TIMEOUT_KEEP_ALIVE",
+                                     help="seconds an idle keep-alive connection stays open (longer than "
+                                          "the proxy's idle timeout)")
+    max_connections: int = option(2048, env="MAX_CONNECTIONS",
+                                  help="max open HTTP connections; beyond, the longest-idle connection "
+                                       "(or one still sending headers) is closed to make room")
+    # -- authentication and rate limiting (off unless keys are given) -----------------------------
+    api_keys_file: Path | None = option(None, env="API_KEYS_FILE", type=Path, metavar="PATH",
+                                        help="file of API keys, one per line (e.g. a mounted Secret; "
+                                             "re-read when it changes): every endpoint but the health "
+                                             "probes then needs `Authorization: Bearer <key>` or `X-API-Key`")
+    api_keys: str = option("", env="API_KEYS", metavar="KEYS",
+                           help="comma-separated API keys (prefer API_KEYS_FILE: flags show in `ps`)")
+    rate_limit_rps: float = option(0.0, env="RATE_LIMIT_RPS",
+                                   help="requests per second allowed per API key, 429 with Retry-After "
+                                        "beyond (0: no limit; needs API keys)")
+    rate_limit_burst: int = option(20, env="RATE_LIMIT_BURST", help="requests a key may send at once above the rate")
+    metrics_port: int = option(0, env="METRICS_PORT",
+                               help="serve /metrics on this port only, from its own thread (0: on the HTTP "
+                                    "port, without authentication)")
+    enable_repository_api: bool = option(False, env="ENABLE_REPOSITORY_API",
+                                         help="serve the V2 repository API (load/unload, REST and gRPC); "
+                                              "off: anyone could unload the model")
+    # -- termination -----------------------------------------------------------------------------
+    drain_seconds: float = option(5.0, env="DRAIN_SECONDS",
+                                  help="after SIGTERM: readiness fails at once, requests are still served "
+                                       "for this long, then the server stops")
+    shutdown_timeout_seconds: float = option(10.0, env="SHUTDOWN_TIMEOUT_SECONDS",
+                                             help="after the drain, how long requests in progress may take")
     # -- drift monitoring (model_server.drift) ----------------------------------------------------
     drift_window_products: int = option(5000, env="DRIFT_WINDOW_PRODUCTS", type=drift_window,
                                         metavar="N", help="products in the rolling drift window; 0 turns drift "
@@ -112,7 +171,13 @@ class Settings:
     @property
     def limits(self) -> RequestLimits:
         return RequestLimits(self.max_request_items, self.max_text_chars,
-                             ImageLimits(self.max_image_bytes, self.max_image_pixels))
+                             ImageLimits(self.max_image_bytes, self.max_image_pixels),
+                             self.max_request_pixels, self.max_id_chars)
+
+    @property
+    def api_key_list(self) -> list[str]:
+        """Keys given inline (``--api_keys``); the file's are read by ``model_server.auth``."""
+        return [key.strip() for key in self.api_keys.split(",") if key.strip()]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -122,3 +122,137 @@ def test_missing_model_and_bad_uris_are_clear_errors(tmp_path, s3_env):
         fetch("s3://no-such-bucket/x", tmp_path / "cache")
     with pytest.raises(StorageError, match="unsupported storage URI"):
         open_store("gs://bucket/x")
+
+
+# -- what a store holds is hostile -------------------------------------------------------------------
+def write_version(root, version: str, manifest_text: str | None = None, files: dict | None = None):
+    folder = root / version
+    folder.mkdir(parents=True)
+    for name, data in (files or {"model.keras": b"w"}).items():
+        (folder / name).write_bytes(data)
+    if manifest_text is not None:
+        (folder / MANIFEST_FILE).write_text(manifest_text)
+    return folder
+
+
+def manifest_json(version: str, created: str = "2026-01-01T00:00:00Z", files: dict | None = None, **extra) -> str:
+    import hashlib
+
+    files = files if files is not None else {"model.keras": b"w"}
+    entries = {name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)} for name, data in files.items()}
+    return json.dumps({"version": version, "created_at": created, "files": entries, **extra})
+
+
+def test_newest_is_by_created_at_not_by_name(tmp_path):
+    root = tmp_path / "store"
+    write_version(root, "p128", manifest_json("p128", "2026-01-01T00:00:00Z"))
+    write_version(root, "20990101T000000Z", manifest_json("20990101T000000Z", "2025-06-01T00:00:00Z"))
+    assert resolve_version(open_store(str(root))) == "p128"
+    assert fetch(str(root), tmp_path / "cache", progress=lambda _: None)[1].version == "p128"
+
+
+@pytest.mark.parametrize("text, problem", [
+    ('{"version": "v2", "created_at": "2026-02-01T00:00:00Z", "fi', "not valid JSON"),
+    ("[]", "not a JSON object"),
+    ('{"version": "v2", "files": {}}', "created_at"),
+    ('{"version": "../victim", "created_at": "2026-02-01T00:00:00Z", "files": {}}', "invalid version name"),
+    ('{"version": "v2", "created_at": "yesterday", "files": {}}', "ISO 8601"),
+    ('{"version": "v2", "created_at": "2026-02-01T00:00:00Z", "files": {"../escape.txt": '
+     '{"sha256": "' + "0" * 64 + '", "bytes": 1}}}', "unsafe storage key"),
+    ('{"version": "v2", "created_at": "2026-02-01T00:00:00Z", "files": {"model.keras": {"sha256": 5}}}', "sha256"),
+])
+def test_a_corrupt_newest_manifest_falls_back_or_fails_clearly(tmp_path, text, problem):
+    root = tmp_path / "store"
+    write_version(root, "v1", manifest_json("v1", "2026-01-01T00:00:00Z"))
+    write_version(root, "v2", text)
+    _, got = fetch(str(root), tmp_path / "cache", progress=lambda _: None)
+    assert got.version == "v1"  # the default policy: the previous good version
+    with pytest.raises(ArtifactError, match=problem):
+        fetch(str(root), tmp_path / "cache", progress=lambda _: None, fallback="none")
+
+
+def test_a_manifest_naming_another_version_is_refused(tmp_path):
+    root = tmp_path / "store"
+    write_version(root, "v2", manifest_json("v1"))
+    with pytest.raises(ArtifactError, match="names version 'v1'"):
+        fetch(str(root), tmp_path / "cache", progress=lambda _: None, fallback="none")
+
+
+def test_an_extended_manifest_is_accepted(tmp_path):
+    root = tmp_path / "store"
+    write_version(root, "v1", manifest_json("v1", promoted=True, stage="production"))
+    assert fetch(str(root), tmp_path / "cache", progress=lambda _: None)[1].version == "v1"
+
+
+def test_a_checksum_mismatch_in_the_newest_version_falls_back(tmp_path):
+    root = tmp_path / "store"
+    write_version(root, "v1", manifest_json("v1", "2026-01-01T00:00:00Z"))
+    folder = write_version(root, "v2", manifest_json("v2", "2026-02-01T00:00:00Z"))
+    (folder / "model.keras").write_bytes(b"tampered")
+    assert fetch(str(root), tmp_path / "cache", progress=lambda _: None)[1].version == "v1"
+    with pytest.raises(ArtifactError, match="v2 .*unusable.*sha256"):
+        fetch(str(root), tmp_path / "cache", progress=lambda _: None, fallback="none")
+
+
+def test_names_from_s3_never_escape_the_cache(s3_env, tmp_path):
+    """A manifest whose version is ``../victim`` and a file key ``../escape.txt``: nothing written outside."""
+    s3 = boto3.client("s3")
+    prefix = f"evil-{tmp_path.name}"
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("precious")
+    s3.put_object(Bucket=BUCKET, Key=f"{prefix}/v1/{MANIFEST_FILE}",
+                  Body=manifest_json("../victim").encode())
+    s3.put_object(Bucket=BUCKET, Key=f"{prefix}/v2/{MANIFEST_FILE}", Body=json.dumps({
+        "version": "v2", "created_at": "2026-01-01T00:00:00Z",
+        "files": {"../escape.txt": {"sha256": "0" * 64, "bytes": 1}}}).encode())
+    s3.put_object(Bucket=BUCKET, Key=f"{prefix}/v2/../escape.txt", Body=b"x")
+    cache = tmp_path / "cache"
+    with pytest.raises(ArtifactError, match="no usable model version"):
+        fetch(f"s3://{BUCKET}/{prefix}", cache, progress=lambda _: None)
+    assert (victim / "keep.txt").read_text() == "precious"
+    assert not (tmp_path / "escape.txt").exists()
+    assert all(p.is_relative_to(cache) for p in cache.rglob("*"))
+
+
+def test_an_unreachable_s3_endpoint_fails_fast_with_logged_retries(tmp_path, monkeypatch, caplog):
+    """A listening socket that never answers (a black hole): bounded timeouts, retries logged."""
+    import socket
+    import time
+
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(100)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{hole.getsockname()[1]}")
+    for key, value in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "S3_READ_TIMEOUT": "1",
+                       "S3_CONNECT_TIMEOUT": "1", "S3_MAX_ATTEMPTS": "3"}.items():
+        monkeypatch.setenv(key, value)
+    started = time.monotonic()
+    try:
+        with pytest.raises(ArtifactError, match="failed after 3 attempts"):
+            fetch("s3://bucket/prefix", tmp_path / "cache", progress=lambda _: None)
+    finally:
+        hole.close()
+    assert time.monotonic() - started < 20
+    assert len([r for r in caplog.records if "retrying in" in r.getMessage()]) == 2
+
+
+def test_gc_lists_then_deletes_only_old_orphans(bundle, model_uri, tmp_path):
+    from rakuten_common import gc
+
+    publish(bundle, model_uri, manifest("v1"), progress=lambda _: None)
+    store = open_store(model_uri)
+    store.put_file("v2/model.keras", bundle / "model.keras")  # a publish killed half-way
+    assert gc.find_orphans(store, min_age_hours=1) == []  # too recent: might be in progress
+    orphans = gc.find_orphans(store, min_age_hours=1, now=time_in_hours(2))
+    assert [o.version for o in orphans] == ["v2"]
+    assert gc.main(["--model-uri", model_uri, "--min-age-hours", "0"]) == 0
+    assert store.has_prefix("v2")  # a dry run by default
+    assert gc.main(["--model-uri", model_uri, "--min-age-hours", "0", "--delete"]) == 0
+    assert not store.has_prefix("v2") and resolve_version(store) == "v1"
+
+
+def time_in_hours(hours: float) -> float:
+    import time
+
+    return time.time() + hours * 3600

@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import re
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -204,3 +205,33 @@ def test_rejections_are_counted_by_reason(limited_server_url):
         assert re.search(r'rakuten_requests_total\{model_name="rakuten-classifier",status="%s"\} [1-9]' % status,
                          text), status
     assert re.search(r'rakuten_predictions_total\{model_name="rakuten-classifier",prdtypecode="\d+"\} [1-9]', text)
+
+
+def test_repository_api_is_off_by_default(limited_server_url):
+    status, answer = post(f"{limited_server_url}/v2/repository/models/rakuten-classifier/unload", b"", {})
+    assert status == 404
+    assert call(limited_server_url, _valid())[0] == 200
+
+
+def test_readiness_follows_the_model_when_the_repository_api_is_on(published, s3, artifacts_dir, tmp_path):
+    """With --enable_repository_api, an unload takes the pod out of service (readiness 503) instead of
+    leaving green probes in front of a server that answers every inference with an error."""
+    from tests.servers import start_model_server
+
+    server, url = start_model_server(published.uri, artifacts_dir / "model_server_repository.log",
+                                     env={**s3.env, "MODEL_CACHE_DIR": str(tmp_path / "cache")},
+                                     extra_args=["--enable_repository_api", "--drain_seconds=0"])
+    try:
+        assert call(url, _valid())[0] == 200
+        assert post(f"{url}/v2/repository/models/rakuten-classifier/unload", b"", {})[0] == 200
+        for path in ("/v2/health/ready", "/v2/models/rakuten-classifier/ready"):
+            try:
+                urllib.request.urlopen(url + path, timeout=5)
+                raise AssertionError(f"{path} still ready after unload")
+            except urllib.error.HTTPError as error:
+                assert error.code == 503
+        assert call(url, _valid())[0] in (404, 503)
+        with urllib.request.urlopen(f"{url}/v2/health/live", timeout=5) as response:
+            assert response.status == 200
+    finally:
+        server.stop()

@@ -169,7 +169,11 @@ default
 
 {{/* Port of the predictor container that serves /metrics, as seen in the pod (Knative renames it). */}}
 {{- define "rakuten-serving.predictor.metricsPortName" -}}
-{{- if eq .Values.predictor.deploymentMode "Knative" -}}user-port{{- else -}}http1{{- end -}}
+{{- if eq .Values.predictor.deploymentMode "Knative" -}}user-port{{- else if .Values.predictor.apiKeys.enabled -}}metrics{{- else -}}http1{{- end -}}
+{{- end -}}
+
+{{- define "rakuten-serving.predictor.apiKeysSecretName" -}}
+{{- .Values.predictor.apiKeys.existingSecret | default (printf "%s-api-keys" (include "rakuten-serving.fullname" .)) -}}
 {{- end -}}
 
 {{/* ---- Validation -------------------------------------------------------------------- */}}

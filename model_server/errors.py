@@ -1,0 +1,109 @@
+"""Errors to answers, and to log lines: one rate-limited line per refused request, never an echo.
+
+KServe's handlers log a full traceback (3.3 KB) for every 400; here a client error is one
+WARNING line with the status, reason and request id, at most ``LINES_PER_SECOND`` a second
+(a summary line says how many were left out), and its answer is ``{"error": "..."}`` without
+the client's input. Unexpected errors (500) keep their traceback, also rate-limited.
+gRPC gets the same mapping to status codes (``grpc_status``).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+import orjson
+from starlette.responses import Response
+from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
+from starlette.exceptions import HTTPException
+
+from model_server.admission import DeadlineExceeded, Overloaded
+
+logger = logging.getLogger("rakuten.model_server")
+
+LINES_PER_SECOND = 10
+
+
+class RateLimitedLog:
+    """At most ``per_second`` lines a second; the count of lines left out is logged with the next one."""
+
+    def __init__(self, per_second: int = LINES_PER_SECOND):
+        self.per_second = per_second
+        self._window = 0
+        self._lines = 0
+        self._skipped = 0
+        self._lock = threading.Lock()
+
+    def log(self, level: int, message: str, *args, exc_info=None) -> None:
+        now = int(time.monotonic())
+        with self._lock:
+            if now != self._window:
+                self._window, self._lines = now, 0
+            if self._lines >= self.per_second:
+                self._skipped += 1
+                return
+            self._lines += 1
+            skipped, self._skipped = self._skipped, 0
+        if skipped:
+            message += f" ({skipped} similar lines left out)"
+        logger.log(level, message, *args, exc_info=exc_info)
+
+
+refusals = RateLimitedLog()
+
+
+def status_and_message(exc: BaseException) -> tuple[int, str, dict[str, str]]:
+    """HTTP status, client message and extra headers of an exception."""
+    if isinstance(exc, InvalidInput):
+        return getattr(exc, "status", 400), str(exc), {}
+    if isinstance(exc, Overloaded):
+        return 503, str(exc), {"retry-after": str(exc.retry_after)}
+    if isinstance(exc, DeadlineExceeded):
+        return 504, str(exc), {}
+    if isinstance(exc, ModelNotFound):
+        return 404, str(exc), {}
+    if isinstance(exc, ModelNotReady):
+        return 503, str(exc), {"retry-after": "1"}
+    if isinstance(exc, HTTPException):
+        return exc.status_code, str(exc.detail), dict(exc.headers or {})
+    if isinstance(exc, RequestValidationError):
+        where = ", ".join(".".join(map(str, e.get("loc", ()))) + ": " + str(e.get("msg", "")) for e in exc.errors()[:3])
+        return 422, f"malformed request: {where}"[:500], {}
+    if isinstance(exc, NotImplementedError):
+        return 501, str(exc) or "not implemented", {}
+    return 500, f"internal error ({type(exc).__name__}); see the server log", {}
+
+
+async def handle(request: Request, exc: Exception) -> Response:
+    status, message, headers = status_and_message(exc)
+    rid = request.scope.get("rakuten.request_id", "-")
+    if status >= 500 and status not in (503, 504):
+        refusals.log(logging.ERROR, "%d %s %s id=%s: %s", status, request.method, request.url.path, rid,
+                     exc, exc_info=exc)
+    else:
+        kind = getattr(exc, "kind", None) or HTTPStatus(status).phrase.lower().replace(" ", "_")
+        refusals.log(logging.WARNING, "%d %s %s id=%s %s: %s", status, request.method, request.url.path, rid,
+                     kind, message[:300])
+    return Response(orjson.dumps({"error": message}), status_code=status, headers=headers,
+                    media_type="application/json")
+
+
+def install(app: FastAPI) -> None:
+    for kind in (InvalidInput, Overloaded, DeadlineExceeded, ModelNotFound, ModelNotReady, HTTPException,
+                 RequestValidationError, NotImplementedError, Exception):
+        app.add_exception_handler(kind, handle)
+
+
+def grpc_status(exc: BaseException):
+    """The gRPC status code of an exception (``grpc.StatusCode``)."""
+    import grpc
+
+    status = status_and_message(exc)[0]
+    return {400: grpc.StatusCode.INVALID_ARGUMENT, 422: grpc.StatusCode.INVALID_ARGUMENT,
+            401: grpc.StatusCode.UNAUTHENTICATED, 404: grpc.StatusCode.NOT_FOUND,
+            429: grpc.StatusCode.RESOURCE_EXHAUSTED, 501: grpc.StatusCode.UNIMPLEMENTED,
+            503: grpc.StatusCode.UNAVAILABLE, 504: grpc.StatusCode.DEADLINE_EXCEEDED,
+            }.get(status, grpc.StatusCode.INTERNAL)
