@@ -49,7 +49,8 @@ def main() -> int:
     url = f"http://127.0.0.1:{args.http_port}"
     step(f"Starting the model server on {url} with {args.model_uri} (log: {args.log})")
     server = ServerProcess([sys.executable, "-m", "model_server", f"--model_uri={args.model_uri}",
-                            f"--http_port={args.http_port}", f"--grpc_port={args.http_port + 1}"], args.log)
+                            f"--http_port={args.http_port}", f"--grpc_port={args.http_port + 1}",
+                            "--drain_seconds=0"], args.log)
     try:
         try:
             seconds = server.wait_until_ready(f"{url}/v2/health/ready", timeout=300)

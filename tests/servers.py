@@ -21,10 +21,12 @@ def start_s3_server(log_path: Path) -> tuple[ServerProcess, str]:
 
 def start_model_server(model_uri: str, log_path: Path, env: dict[str, str] | None = None,
                        extra_args: list[str] | None = None, timeout: float = 240) -> tuple[ServerProcess, str]:
-    """``python -m model_server`` on free ports; returns once ``/v2/health/ready`` answers."""
+    """``python -m model_server`` on free ports; returns once ``/v2/health/ready`` answers.
+    No drain period on stop (a test's own ``extra_args`` may set one)."""
     http_port, grpc_port = free_port(), free_port()
     server = ServerProcess([sys.executable, "-m", "model_server", f"--model_uri={model_uri}",
-                            f"--http_port={http_port}", f"--grpc_port={grpc_port}", *(extra_args or [])],
+                            f"--http_port={http_port}", f"--grpc_port={grpc_port}", "--drain_seconds=0",
+                            *(extra_args or [])],
                            log_path, env={"TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}, cwd=REPO)
     url = f"http://127.0.0.1:{http_port}"
     server.wait_until_ready(f"{url}/v2/health/ready", timeout)

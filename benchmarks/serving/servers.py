@@ -46,7 +46,7 @@ def start_model_server(model_uri: str, log_path: Path, server_args: list[str], *
                        batch_size: int | None = None, env: dict[str, str] | None = None) -> ModelServer:
     """Start the model server on free ports (not waiting: call ``wait_ready``)."""
     port = free_port()
-    args = [f"--model_uri={model_uri}", f"--http_port={port}", f"--grpc_port={free_port()}"]
+    args = [f"--model_uri={model_uri}", f"--http_port={port}", f"--grpc_port={free_port()}", "--drain_seconds=0"]
     if batch_size is not None:
         args.append(f"--max_batch_size={batch_size}")
     started = time.monotonic()
