@@ -82,6 +82,9 @@ def fetch(uri: str, cache_dir: Path, progress: ProgressFn = print) -> tuple[Path
     ``uri`` is either one version (it holds ``manifest.json``) or a prefix of versions,
     local (``/mnt/models`` as filled by KServe's storage initializer) or ``s3://``.
     """
+    from rakuten_common.model_uri import resolve_model_uri  # champion pointer, models:/ -> one version
+
+    uri = resolve_model_uri(uri)
     store = open_store(uri)
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
