@@ -45,8 +45,10 @@ def call(base_url: str, model_name: str = MODEL_NAME, timeout: float = 10.0) -> 
     try:
         status, answer = post(infer_url(base_url, model_name), _body(), {"Content-Type": "application/json"},
                               timeout=timeout)
-    except (OSError, ValueError) as exc:
-        return None, f"{type(exc).__name__}: {exc}"
+    except OSError as exc:
+        return None, f"no answer: {exc}"
+    except ValueError:
+        return None, "an answer that is not a V2 JSON body (an error page of a proxy?)"
     if status != 200:
         return None, f"HTTP {status} {str(answer)[:200]}"
     version = (answer.get("parameters") or {}).get("model_version") or answer.get("model_version")

@@ -16,6 +16,17 @@ from tests.conftest import BUCKET, run_module, run_training
 from tests.servers import REPO
 
 MODEL_PREFIX = f"s3://{BUCKET}/lifecycle"
+#: Every call the rollout makes on the API server, and the RBAC rule that grants it:
+#: (HTTP method, path pattern for InferenceService "rakuten" in namespace "rakuten", apiGroup, resource, verb).
+ROLLOUT_API = [
+    ("GET", r"/apis/serving\.kserve\.io/v1beta1/namespaces/rakuten/inferenceservices/rakuten",
+     "serving.kserve.io", "inferenceservices", "get"),
+    ("PATCH", r"/apis/serving\.kserve\.io/v1beta1/namespaces/rakuten/inferenceservices/rakuten",
+     "serving.kserve.io", "inferenceservices", "patch"),
+    ("GET", r"/apis/apps/v1/namespaces/rakuten/deployments/rakuten-predictor", "apps", "deployments", "get"),
+    ("GET", r"/api/v1/namespaces/rakuten/pods", "", "pods", "list"),
+    ("POST", r"/api/v1/namespaces/rakuten/events", "", "events", "create"),
+]
 #: The worse challenger: one epoch on the first 300 rows.
 WORSE_ARGS = ["--epochs", "1", "--max-rows", "300"]
 

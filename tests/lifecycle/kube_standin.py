@@ -205,7 +205,7 @@ class StandInCluster:
             pending = Pod(f"{self.name}-predictor-stuck", version, None, None)
             with self.lock:
                 self.not_ready.append(pending)
-                self.deployment["status"]["replicas"] = 2
+                self.deployment["status"].update(replicas=2, updatedReplicas=1, availableReplicas=1)
             return
         pod = self.start_pod(version)              # surge: the new pod first, Ready before it gets traffic
         self.proxy.set([(live.url, 100), (pod.url, 100)])

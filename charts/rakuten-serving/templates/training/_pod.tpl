@@ -7,6 +7,7 @@ MODEL_URI (manifest.json written last).
 metadata:
   labels:
     {{- include "rakuten-serving.labels" (dict "context" $ "component" "training") | nindent 4 }}
+    {{- include "rakuten-serving.training.promotionLabels" . | indent 4 }}
   annotations:
     checksum/scripts: {{ include (print $.Template.BasePath "/configmap.yaml") . | sha256sum }}
     {{- with .Values.training.podAnnotations }}
@@ -14,8 +15,8 @@ metadata:
     {{- end }}
 spec:
   restartPolicy: Never
-  serviceAccountName: {{ include "rakuten-serving.workloadServiceAccountName" . }}
-  automountServiceAccountToken: false
+  serviceAccountName: {{ include "rakuten-serving.training.serviceAccountName" . }}
+  automountServiceAccountToken: {{ include "rakuten-serving.training.rolloutEnabled" . | eq "true" }}
   {{- with include "rakuten-serving.imagePullSecrets" . }}{{ . | trim | nindent 2 }}{{ end }}
   securityContext:
     {{- toYaml .Values.training.podSecurityContext | nindent 4 }}
@@ -87,6 +88,7 @@ spec:
           value: /tmp/matplotlib
         - name: TF_CPP_MIN_LOG_LEVEL
           value: "2"
+        {{- include "rakuten-serving.training.promotionEnv" . | nindent 8 }}
         {{- include "rakuten-serving.s3.env" . | nindent 8 }}
         {{- with .Values.training.extraEnv }}
         {{- toYaml . | nindent 8 }}
