@@ -23,7 +23,7 @@ from training_job.promote import EXIT_ERROR, EXIT_OK, EXIT_REFUSED, EXIT_ROLLED_
     PromoteConfig
 from training_job.promotions import Judgement
 from training_job.registry import CHALLENGER, CHAMPION, RegisteredVersion, Registry, RegistryError
-from training_job.rollout import Rollout, RolloutConfig, RolloutError
+from training_job.rollout import Rollout, RolloutConfig, RolloutError, RolloutResult
 
 logger = logging.getLogger("rakuten.promote")
 
@@ -60,7 +60,7 @@ def judge(config: PromoteConfig, challenger: RegisteredVersion, champion: Regist
     for role, version in (("challenger", challenger), ("champion", champion)):
         if version is None:
             continue
-        bundle, manifest = fetch(version.storage_uri, Path(config.cache_dir) / "models", progress=logger.debug)
+        bundle, _ = fetch(version.storage_uri, Path(config.cache_dir) / "models", progress=logger.debug)
         logger.info("Scoring the %s, %s, on %d evaluation rows", role, version, len(rows))
         predicted[role] = predict_codes(bundle, rows, EVAL_BATCH_SIZE, config.workers)
     challenger_score, champion_score = score_pair(rows, predicted["challenger"], predicted.get("champion"),
@@ -73,7 +73,11 @@ def judge(config: PromoteConfig, challenger: RegisteredVersion, champion: Regist
 def _rollout(rollout: Rollout, registry: Registry, judgement: Judgement, run_id: str | None) -> Outcome:
     """Roll the new champion out; on failure restore the previous one everywhere."""
     target, previous = judgement.candidate, judgement.champion
-    result = rollout.apply(target.model_version)
+    touched = True
+    try:
+        result = rollout.apply(target.model_version)
+    except RolloutError as exc:  # the InferenceService could not even be read: nothing changed there
+        result, touched = RolloutResult(False, target.model_version, None, detail=str(exc)), False
     if result.ok:
         rollout.event("ModelRolledOut", f"{target} serving after {result.seconds:.0f} s: {result.detail}")
         promotions.record_rollout(run_id, "succeeded", result.seconds, result.detail)
@@ -87,6 +91,9 @@ def _rollout(rollout: Rollout, registry: Registry, judgement: Judgement, run_id:
                                          f"to restore: {result.detail}")
     logger.warning("Restoring the previous champion %s", previous)
     make_champion(registry, previous, target, "automatic rollback")
+    if not touched:
+        promotions.record_rollout(run_id, "failed", 0.0, result.detail)
+        return Outcome(EXIT_ROLLED_BACK, f"rollout of {target} failed ({result.detail}); {previous} restored")
     back = rollout.restore(result.previous, previous.model_version)
     detail = f"rollout of {target} failed ({result.detail}); {previous} restored: {back.detail}"
     rollout.event("ModelRolledBack", detail, warning=True)

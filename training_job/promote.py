@@ -13,7 +13,8 @@ the model store (``rakuten_common.champion``), which is what model servers load;
 the previous champion is restored. Every decision is recorded (``training_job.promotions``).
 
 Exit codes: 0 promoted, or already champion; 3 refused by the gate; 4 promoted but the rollout
-failed and the previous champion was restored; 1 any other error; 2 bad arguments.
+failed (the previous champion, if any, restored and serving again); 1 any other error; 2 bad
+arguments.
 """
 from __future__ import annotations
 

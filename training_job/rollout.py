@@ -80,7 +80,10 @@ def api_client(kubeconfig: str | None = None):
     try:
         config.load_incluster_config()
     except config.ConfigException:
-        config.load_kube_config(config_file=kubeconfig)
+        try:
+            config.load_kube_config(config_file=kubeconfig)
+        except (config.ConfigException, OSError) as exc:
+            raise RolloutError(f"no Kubernetes credentials: not in a pod, and no usable kubeconfig ({exc})") from None
     return client.ApiClient()
 
 
@@ -204,6 +207,14 @@ class Rollout:
             else 100
         logger.info("Rolling %s/%s (%s mode) to %s=%s%s", self.namespace, self.name, mode, ANNOTATION, value,
                     f", canary {percent}%" if percent < 100 else "")
+        try:
+            return self._steps(isvc, result, revision, percent, value, expected_version, started)
+        except RolloutError as exc:  # the API failed half-way: a failed rollout, to be rolled back
+            return self._finish(result, started, str(exc))
+
+    def _steps(self, isvc: dict, result: RolloutResult, revision: str | None, percent: int, value: str | None,
+               expected_version: str, started: float) -> RolloutResult:
+        mode, previous = result.mode, result.previous
         change = {"annotations": {ANNOTATION: value}}
         if mode == "Knative":
             change["canaryTrafficPercent"] = percent if percent < 100 else None
