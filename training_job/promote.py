@@ -75,7 +75,7 @@ class Outcome:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training_job.promote", formatter_class=HelpFormatter,
-                                     description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[-1])
+                                     description="\n\n".join(__doc__.split("\n\n")[i] for i in (0, 1, -1)))
     add_options(parser, PromoteConfig)
     add_options(parser, RolloutConfig, group_title="rollout (Kubernetes)")
     return parser

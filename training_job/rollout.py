@@ -36,6 +36,8 @@ GROUP, API_VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 #: Calls through the main route during a canary step, to meet the canary at least once.
 CANARY_CALLS = 30
+#: Bound of one call to the API server.
+API_TIMEOUT_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ class Rollout:
         from urllib3.exceptions import HTTPError
 
         try:
-            return function(*args, **kwargs)
+            return function(*args, _request_timeout=API_TIMEOUT_SECONDS, **kwargs)
         except ApiException as exc:
             raise RolloutError(f"{what} {self.namespace}/{self.name}: HTTP {exc.status} {exc.reason}") from None
         except HTTPError as exc:
@@ -135,14 +137,18 @@ class Rollout:
 
     def _deployment(self) -> dict | None:
         from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
 
         try:
-            found = self.apps.read_namespaced_deployment(f"{self.name}-predictor", self.namespace)
+            found = self.apps.read_namespaced_deployment(f"{self.name}-predictor", self.namespace,
+                                                         _request_timeout=API_TIMEOUT_SECONDS)
         except ApiException as exc:
             if exc.status == 404:  # KServe has not created it yet
                 return None
             raise RolloutError(f"get deployment {self.namespace}/{self.name}-predictor: "
                                f"HTTP {exc.status} {exc.reason}") from None
+        except HTTPError as exc:
+            raise RolloutError(f"get deployment {self.namespace}/{self.name}-predictor: {exc}") from None
         return self.apps.api_client.sanitize_for_serialization(found)
 
     def _pods(self) -> list[dict]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helm import (CHART, CI_VALUES, by_kind, containers, env_of, one, pod_views, predictor_pod_labels,  # noqa: F401
+from tests.helm import (CI_VALUES, by_kind, containers, env_of, one, pod_views, predictor_pod_labels,  # noqa: F401
                         render, tools)
 from tests.lifecycle.conftest import ROLLOUT_API
 from tests.test_chart_crosschecks import allowed

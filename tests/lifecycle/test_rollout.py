@@ -20,7 +20,6 @@ import pytest
 from mlflow import MlflowClient
 
 from rakuten_common.bundle import Manifest
-from rakuten_common.storage import open_store
 from tests.conftest import BUCKET
 from tests.lifecycle.conftest import ROLLOUT_API, promote
 from tests.lifecycle.kube_standin import ANNOTATION, StandInCluster
@@ -39,6 +38,7 @@ class Load:
     answers: list[tuple[float, str]] = field(default_factory=list)
     failures: list[tuple[float, str]] = field(default_factory=list)
     running: bool = True
+    finished: float = 0.0
 
     def __enter__(self) -> "Load":
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -55,6 +55,10 @@ class Load:
         self.running = False
         self.thread.join(30)
 
+    def after(self, moment: float) -> set[str]:
+        """Versions answered after ``moment`` (time.monotonic())."""
+        return {version for at, version in self.answers if at > moment}
+
     def sequence(self) -> list[str]:
         """Versions in the order answered, consecutive duplicates merged."""
         out = []
@@ -64,12 +68,18 @@ class Load:
         return out
 
 
+def s3_client(s3):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=s3.url, region_name="us-east-1", aws_access_key_id="testing",
+                        aws_secret_access_key="testing")
+
+
 @pytest.fixture(scope="module")
-def versions(good_version, worse_version, s3_env, tmp_path_factory):
+def versions(good_version, worse_version, s3, tmp_path_factory):
     """The two trained versions copied under PREFIX and registered in a fresh sqlite registry;
-    the good one champion (promote --to), the worse one the challenger."""
-    store = open_store(f"s3://{BUCKET}/lifecycle")
-    client = store.client
+    the worse one, registered last, is the challenger."""
+    client = s3_client(s3)
     for trained in (good_version, worse_version):
         listing = client.list_objects_v2(Bucket=BUCKET, Prefix=f"lifecycle/{trained.version}/")["Contents"]
         for item in listing:
@@ -113,6 +123,7 @@ def run_promote(cluster: StandInCluster, env: dict[str, str], *args: str, **extr
     with Load(cluster.proxy.url) as load:
         time.sleep(1)
         done = promote({**env, "KUBECONFIG": str(cluster.kubeconfig_path), **extra}, *args)
+        load.finished = time.monotonic()
         time.sleep(1)
     seconds = [float(s) for s in re.findall(r"Rollout (?:done|FAILED) after ([0-9.]+) s", done.stdout + done.stderr)]
     print(f"\n{args}: exit {done.returncode}; rollout steps {seconds} s; {len(load.answers)} answers "
@@ -134,7 +145,9 @@ def test_forced_promotion_rolls_out_under_load_without_a_failed_request(cluster,
     assert call(cluster.proxy.url)[0] == versions["good"]
     done, load = run_promote(cluster, env, "--force")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert load.failures == [] and load.sequence() == [versions["good"], versions["worse"]]
+    # old and new pods both serve for a moment (surge), then only the new one; no request fails
+    assert load.failures == [] and load.sequence()[0] == versions["good"] and load.sequence()[-1] == versions["worse"]
+    assert set(load.sequence()) == {versions["good"], versions["worse"]} and load.after(load.finished) == {versions["worse"]}
     assert pinned(cluster) == versions["worse"] and champion(versions) == versions["numbers"][versions["worse"]]
     assert [e["reason"] for e in cluster.events] == ["ModelPromoted", "ModelRolledOut"]
     event = cluster.events[-1]
@@ -144,13 +157,13 @@ def test_forced_promotion_rolls_out_under_load_without_a_failed_request(cluster,
     assert versions["registry"].get(versions["numbers"][versions["worse"]]).tags["rollout"] == "succeeded"
 
 
-def test_a_rollout_that_never_gets_ready_is_rolled_back(cluster, versions, env):
+def test_a_rollout_that_never_gets_ready_is_rolled_back(cluster, versions, env, s3):
     cluster.behaviour = "never_ready"
     done, load = run_promote(cluster, env, "--to", versions["good"], ROLLOUT_TIMEOUT_SECONDS="8")
     assert done.returncode == 4, done.stdout[-3000:] + done.stderr[-3000:]
     assert "not Ready after 8 s" in done.stderr
     assert champion(versions) == versions["numbers"][versions["worse"]] and pinned(cluster) == versions["worse"]
-    assert json.loads(open_store(PREFIX).client.get_object(
+    assert json.loads(s3_client(s3).get_object(
         Bucket=BUCKET, Key="rollout/champion.json")["Body"].read())["version"] == versions["worse"]
     assert [e["reason"] for e in cluster.events] == ["ModelPromoted", "RolloutFailed", "ModelRolledBack"]
     assert load.failures == [] and load.sequence() == [versions["worse"]]
@@ -179,6 +192,7 @@ def test_knative_mode_takes_a_canary_step_first(versions, env, s3, artifacts_dir
         patches = [p for m, p in knative.requests if m == "PATCH"]
         assert len(patches) == 2  # canary 30 %, then the field removed (100 %)
         assert "canaryTrafficPercent" not in knative.isvc["spec"]["predictor"] and pinned(knative) == versions["good"]
-        assert load.failures == [] and load.sequence()[0] == versions["worse"] and load.sequence()[-1] == versions["good"]
+        assert load.failures == [] and load.sequence()[0] == versions["worse"]
+        assert load.after(load.finished) == {versions["good"]}
     finally:
         knative.stop()
