@@ -30,7 +30,7 @@ def step(text: str) -> None:
 def run(args: list[str], log: Path, show: str) -> int:
     """Run a command, its output into ``log``; print the lines matching ``show``."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    print(f"    $ {' '.join(args)}   (log: {log})", flush=True)
+    print(f"    $ python {' '.join(args)}   (log: {log})", flush=True)
     done = subprocess.run([sys.executable, *args], capture_output=True, text=True,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     log.write_text(done.stdout + done.stderr)

@@ -16,7 +16,7 @@ from rakuten_common.bundle import MANIFEST_FILE
 from rakuten_common.champion import ChampionPointer, PointerError, utc_now, write_pointer
 from rakuten_common.model_uri import split_version_uri
 from rakuten_common.storage import StorageError, open_store
-from training_job import promotions
+from training_job import kserve_status, promotions
 from training_job.dataset import DatasetError
 from training_job.gate import GatePolicy
 from training_job.promote import EXIT_ERROR, EXIT_OK, EXIT_REFUSED, EXIT_ROLLED_BACK, EVAL_BATCH_SIZE, Outcome, \
@@ -105,6 +105,23 @@ def _rollout(rollout: Rollout, registry: Registry, judgement: Judgement, run_id:
     return Outcome(EXIT_ROLLED_BACK, detail)
 
 
+def _converge(rollout: Rollout, champion: RegisteredVersion) -> Outcome:
+    """The champion is unchanged; make sure the InferenceService does not pin another version."""
+    pinned = kserve_status.pinned_version(rollout.read())
+    if pinned in (None, champion.model_version):  # unpinned pods load the pointer: the champion
+        logger.info("Nothing to do: %s is already champion and served", champion)
+        return Outcome(EXIT_OK, f"{champion} is already champion")
+    logger.warning("%s is champion but the InferenceService pins %s: rolling the champion out", champion, pinned)
+    result = rollout.apply(champion.model_version)
+    if result.ok:
+        rollout.event("ModelRolledOut", f"{champion} serving after {result.seconds:.0f} s: {result.detail}")
+        return Outcome(EXIT_OK, f"rolled out {champion} in {result.seconds:.0f} s")
+    rollout.event("RolloutFailed", f"{champion}: {result.detail}", warning=True)
+    back = rollout.restore(result.previous, pinned)
+    return Outcome(EXIT_ROLLED_BACK if back.ok else EXIT_ERROR,
+                   f"rollout of {champion} failed ({result.detail}); pin {pinned} restored: {back.detail}")
+
+
 def _decide(config: PromoteConfig, registry: Registry) -> Judgement:
     champion = registry.by_alias(CHAMPION)
     if config.to:
@@ -128,10 +145,12 @@ def promote(config: PromoteConfig, rollout_config: RolloutConfig, registry: Regi
     try:
         registry = registry or Registry()
         judgement = _decide(config, registry)
+        rollout = Rollout(rollout_config) if rollout_config.inference_service else None
         if judgement.decision == "already_champion":
+            if rollout is not None:
+                return _converge(rollout, judgement.candidate)
             logger.info("Nothing to do: %s", judgement.reason)
             return Outcome(EXIT_OK, judgement.reason)
-        rollout = Rollout(rollout_config) if rollout_config.inference_service else None
         run_id = promotions.record(judgement, registry, config.experiment)
         if judgement.decision == "refused":
             logger.warning("REFUSED %s: %s", judgement.candidate, judgement.reason)

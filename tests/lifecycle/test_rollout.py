@@ -180,6 +180,16 @@ def test_a_rollout_answering_the_wrong_version_is_rolled_back(cluster, versions,
     cluster.behaviour = "rolling"
 
 
+def test_an_inference_service_pinned_to_another_version_converges_to_the_champion(cluster, versions, env):
+    with cluster.lock:  # e.g. a promotion run without --inference-service since the last rollout
+        cluster.isvc["spec"]["predictor"]["annotations"][ANNOTATION] = versions["good"]
+        cluster.isvc["metadata"]["resourceVersion"] = str(int(cluster.isvc["metadata"]["resourceVersion"]) + 1)
+    done, load = run_promote(cluster, env)
+    assert done.returncode == 0 and "pins " + versions["good"] in done.stderr, done.stdout[-2000:] + done.stderr[-2000:]
+    assert pinned(cluster) == versions["worse"] and [e["reason"] for e in cluster.events] == ["ModelRolledOut"]
+    assert load.failures == [] and load.sequence() == [versions["worse"]]
+
+
 def test_knative_mode_takes_a_canary_step_first(versions, env, s3, artifacts_dir, tmp_path_factory):
     knative = StandInCluster(PREFIX, {**s3.env, "MODEL_CACHE_DIR": str(tmp_path_factory.mktemp("kn-cache"))},
                              artifacts_dir / "standin-knative", knative=True)
