@@ -21,6 +21,8 @@ DATA_URI    ?= s3://rakuten-datasets/rakuten
 PREDICTIONS ?= results/predictions.csv
 TOP_K       ?= 1
 MLFLOW_PORT ?= 5000
+# promote: extra arguments, e.g. PROMOTE_ARGS="--force" or "--to 3" (python -m training_job.promote --help)
+PROMOTE_ARGS ?=
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
@@ -28,7 +30,8 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # for an offline base image, shellcheck); helm and kubectl come from npm (scripts/install-tools.sh).
 SYSTEM_PACKAGES ?= prometheus docker.io debootstrap shellcheck unzip
 
-.PHONY: help venv system-deps sample-data train serve demo test clean upload-data batch-predict mlflow-ui
+.PHONY: help venv system-deps sample-data train serve demo test clean upload-data batch-predict mlflow-ui \
+        promote lifecycle-demo
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_.-]+:.*?## ' $(MAKEFILE_LIST) | sort -u | \
@@ -54,11 +57,18 @@ sample-data: $(STAMP) ## Generate the sample dataset (real Rakuten layout) in DA
 train: sample-data ## Train on DATA_DIR and publish a new version to MODEL_URI
 	$(PY) -m training_job --data-dir $(DATA_DIR) --model-uri $(MODEL_URI) $(TRAIN_ARGS)
 
-serve: $(STAMP) ## Serve the newest version in MODEL_URI on 127.0.0.1:HTTP_PORT (Ctrl-C stops)
+serve: $(STAMP) ## Serve MODEL_URI's champion (else its newest version) on 127.0.0.1:HTTP_PORT (Ctrl-C stops)
 	$(PY) -m model_server --model_uri $(MODEL_URI) --http_port $(HTTP_PORT)
 
 demo: train ## Set up, generate data, train, publish, serve, answer one V2 call, stop
 	$(PY) scripts/demo.py --model-uri $(MODEL_URI) --data-dir $(DATA_DIR) --http-port $(HTTP_PORT)
+
+promote: $(STAMP) ## Judge the registry's challenger against the champion on DATA_DIR; promote if not worse (exit 3: refused)
+	$(PY) -m training_job.promote --data-dir $(DATA_DIR) $(PROMOTE_ARGS)
+
+lifecycle-demo: sample-data ## Train, promote, train a worse model (refused by the gate), serve the champion
+	$(PY) scripts/lifecycle_demo.py --data-dir $(DATA_DIR) --model-uri $(MODEL_URI) --train-args "$(TRAIN_ARGS)" \
+	  --http-port $(HTTP_PORT)
 
 upload-data: $(STAMP) ## Upload the dataset in UPLOAD_SRC (raw layout) to DATA_URI=s3://bucket/prefix, resumable
 	$(PY) -m training_job.upload_data $(UPLOAD_SRC) $(DATA_URI)

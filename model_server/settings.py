@@ -58,7 +58,8 @@ class Settings:
     # -- the model -----------------------------------------------------------------------------
     model_name: str = option(MODEL_NAME, env="MODEL_NAME", help="model name in the V2 routes")
     model_uri: str = option("/mnt/models", env=("MODEL_URI", "STORAGE_URI"), metavar="URI",
-                            help="one version folder, a prefix of versions, or s3://bucket/prefix")
+                            help="a version folder, or a prefix of versions (the champion pointer's version, else "
+                                 "the newest), local or s3://; or models:/rakuten-classifier@champion (MLflow registry)")
     model_cache_dir: Path = option(Path("/tmp/rakuten-model-cache"), env="MODEL_CACHE_DIR",
                                    help="where s3:// models are downloaded")
     model_fallback: str = option("previous", env="MODEL_FALLBACK", choices=("previous", "none"),

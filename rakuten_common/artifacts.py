@@ -208,14 +208,18 @@ def _fetch_one(store: Store, version: str, manifest: Manifest, cache_dir: Path, 
 
 
 def fetch(uri: str, cache_dir: Path, progress: ProgressFn = print, fallback: str = "previous") -> tuple[Path, Manifest]:
-    """Find the newest usable version at ``uri``, copy it locally if remote, verify it.
+    """Find the version ``uri`` names, copy it locally if remote, verify it.
 
-    ``uri`` is either one version (it holds ``manifest.json``) or a prefix of versions,
-    local (``/mnt/models`` as filled by KServe's storage initializer) or ``s3://``.
-    ``fallback``: see the module docstring.
+    ``uri`` is one version (it holds ``manifest.json``), ``models:/<name>@<alias>`` or
+    ``models:/<name>/<n>`` (resolved through MLflow), or a prefix of versions, local or
+    ``s3://``: its champion pointer's version, or without one the newest usable version
+    (``fallback``: see the module docstring). See ``rakuten_common.model_uri``.
     """
     if fallback not in FALLBACK_POLICIES:
         raise ValueError(f"fallback must be one of {FALLBACK_POLICIES}, got {fallback!r}")
+    from rakuten_common.model_uri import resolve_model_uri  # imports this module
+
+    uri = resolve_model_uri(uri)
     store = open_store(uri)
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)

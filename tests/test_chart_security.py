@@ -22,7 +22,10 @@ def test_every_container_is_restricted_and_bounded(rendered, scenario):
     assert len(views) >= 3
     for view in views:
         pod_sc = view.spec.get("securityContext", {})
-        assert view.spec.get("automountServiceAccountToken") is False, view.where
+        # an API token only where the rollout needs one: training pods, under their own ServiceAccount
+        rollout = view.labels.get("app.kubernetes.io/component") == "training" and \
+            view.spec["serviceAccountName"].endswith("-training")
+        assert view.spec.get("automountServiceAccountToken") is rollout, view.where
         volumes = {v["name"]: v for v in view.spec.get("volumes", [])}
         for c in containers(view.spec):
             where = f"{view.where}/{c['name']}"

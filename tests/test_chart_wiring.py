@@ -48,9 +48,11 @@ def test_training_publishes_where_kserve_reads(rendered, scenario):
     objects = rendered[scenario]
     isvc = one(objects, "InferenceService")
     server = server_container(isvc)
-    storage_uri = env_of(server)["STORAGE_URI"]
+    # exactly one version: the one pinned on the pod template (downward API), else the champion pointer's
+    storage_uri, _, pin = flag(server["args"], "model_uri").rpartition("/")
     assert re.fullmatch(r"s3://[a-z0-9.-]+/[^/].*[^/]", storage_uri), storage_uri
-    assert flag(server["args"], "model_uri") == "/mnt/models"  # where the storage initializer copies it
+    assert "STORAGE_URI" not in env_of(server)  # no storage initializer copying the whole prefix
+    assert pin == ("" if scenario == "knative" else "$(MODEL_VERSION_PIN)")
 
     trainings = views_by_component(objects)["training"]
     assert trainings, "no training Job/CronJob"
@@ -104,7 +106,8 @@ def test_predictor_args_and_env_parse_with_the_server(rendered, scenario, monkey
     env = downward_api_env(server)
     apply_env(monkeypatch, env)
     settings = parse_settings(server["args"])
-    assert settings.model_name == "rakuten-classifier" and str(settings.model_uri) == "/mnt/models"
+    assert settings.model_name == "rakuten-classifier"
+    assert settings.model_uri.startswith("s3://rakuten-models/rakuten-classifier/")
     assert settings.max_batch_size == 32 and settings.max_batch_time == pytest.approx(0.005)
     assert settings.limits.image.max_bytes == 10 * 1024 * 1024
     assert str(settings.model_cache_dir).startswith("/tmp/")

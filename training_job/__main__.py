@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from training_job import sample_data
     from training_job.data_source import is_remote
     from training_job.dataset import DatasetError, has_dataset
+    from training_job.registry import RegistryError
     from training_job.train import run
 
     configure_logging()  # again: importing MLflow installs its own handlers
@@ -58,10 +59,14 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("Generating a sample dataset of about %d rows in %s", config.generate_sample, config.data_dir)
         sample_data.generate(config.data_dir, rows=config.generate_sample, seed=config.seed)
     try:
-        run(config)
-    except (DatasetError, ArtifactError, StorageError) as exc:
+        result = run(config)
+    except (DatasetError, ArtifactError, StorageError, RegistryError) as exc:
         logger.error("%s", exc)
         return 1
+    if config.promote:
+        from training_job.promote import promote_after_training
+
+        return promote_after_training(config, result)
     return 0
 
 

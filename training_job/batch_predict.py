@@ -33,7 +33,8 @@ logger = logging.getLogger("rakuten.batch_predict")
 @dataclass(frozen=True)
 class BatchPredictConfig:
     model_uri: str = option("", env="MODEL_URI", metavar="URI",
-                            help="the model: one version folder, a prefix of versions, or s3://...")
+                            help="the model: a version folder, a prefix of versions (its champion), local or "
+                                 "s3://, or models:/rakuten-classifier@champion")
     data_dir: str = option("", env="DATA_DIR", metavar="DIR|URI",
                            help="dataset with X_test_update.csv and images/image_test/: a folder or s3://bucket/prefix")
     output: str = option("", env="OUTPUT", metavar="FILE|URI", help="the CSV to write: a path or s3://bucket/key.csv")

@@ -106,6 +106,9 @@ class TrainConfig:
     max_rows: int = option(0, env="MAX_ROWS", help="use only the first N rows (0: all)")
     ablation: bool = option(False, env="ABLATION",
                             help="also train text-only and image-only models (nested MLflow runs)")
+    promote: bool = option(False, env="PROMOTE",
+                           help="then judge the new version with the promotion gate, promote it and roll it out "
+                                "(python -m training_job.promote; its settings from the environment)")
     seed: int = option(0, env="SEED", help="random seed of the split, the shuffling and the weights")
     experiment: str = option(MODEL_NAME, env="MLFLOW_EXPERIMENT_NAME", help="MLflow experiment")
     version: str | None = option(None, env="MODEL_VERSION", metavar="ID", shown="a UTC timestamp",

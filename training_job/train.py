@@ -26,6 +26,7 @@ from training_job.dataset import Dataset, load_dataset
 from training_job.evaluation import classification_metrics, confusion_figure, confusion_matrix
 from training_job.inputs import batches
 from training_job.model import build_model, vocabulary as model_vocabulary
+from training_job.registry import Registry
 from training_job.splits import three_way_split
 
 logger = logging.getLogger("rakuten.training")
@@ -37,6 +38,7 @@ class TrainResult:
     metrics: dict[str, float]
     run_id: str
     seconds: float
+    registry_version: str | None = None
 
 
 @dataclass
@@ -200,7 +202,9 @@ def run(config: TrainConfig) -> TrainResult:
             logger.info("Publishing version %s to %s", version, config.model_uri)
             version_uri = publish(bundle, config.model_uri, manifest, progress=logger.info)
         mlflow.set_tag("model_uri", version_uri)
+        registered = Registry().register(active.info.run_id, version_uri, manifest)  # alias challenger
+        mlflow.set_tag("registry_version", registered.number)
         seconds = time.time() - started
         mlflow.log_metric("training_seconds", seconds)
     logger.info("Done in %.0f s: %s (MLflow run %s)", seconds, version_uri, active.info.run_id)
-    return TrainResult(version_uri, metrics, active.info.run_id, seconds)
+    return TrainResult(version_uri, metrics, active.info.run_id, seconds, registered.number)

@@ -8,14 +8,15 @@ user's credentials, cached under /data) or, without it, a sample generated into 
 metadata:
   labels:
     {{- include "rakuten-serving.labels" (dict "context" $ "component" "training") | nindent 4 }}
+    {{- include "rakuten-serving.training.promotionLabels" . | indent 4 }}
   {{- with .Values.training.podAnnotations }}
   annotations:
     {{- toYaml . | nindent 4 }}
   {{- end }}
 spec:
   restartPolicy: Never
-  serviceAccountName: {{ include "rakuten-serving.workloadServiceAccountName" . }}
-  automountServiceAccountToken: false
+  serviceAccountName: {{ include "rakuten-serving.training.serviceAccountName" . }}
+  automountServiceAccountToken: {{ include "rakuten-serving.training.rolloutEnabled" . | eq "true" }}
   {{- with include "rakuten-serving.imagePullSecrets" . }}{{ . | trim | nindent 2 }}{{ end }}
   securityContext:
     {{- toYaml .Values.training.podSecurityContext | nindent 4 }}
@@ -96,6 +97,7 @@ spec:
         - name: TF_CPP_MIN_LOG_LEVEL
           value: "2"
         {{- include "rakuten-serving.cpuLimitEnv" (dict "container" "train" "resources" .Values.training.resources) | nindent 8 }}
+        {{- include "rakuten-serving.training.promotionEnv" . | nindent 8 }}
         {{- include "rakuten-serving.s3.env" (dict "context" $ "component" "training") | nindent 8 }}
         {{- with .Values.training.extraEnv }}
         {{- toYaml . | nindent 8 }}
