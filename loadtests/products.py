@@ -10,7 +10,7 @@ encoded up front, in both forms (base64 JSON and the binary tensor data extensio
 the load generator spends its CPU on sending, not on encoding.
 
 Used by ``loadtests/locustfile.py`` and ``benchmarks/serving_benchmark.py``; the V2 contract
-itself comes from ``model_server.client``.
+itself comes from ``rakuten_common.v2_client``.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model_server.client import Product, binary_infer_request, infer_request
+from rakuten_common.v2_client import Product, binary_infer_request, infer_request
 from rakuten_common.data_layout import TEST, TRAIN
 from rakuten_common.labels import PRDTYPECODES, TRAIN_COUNTS
 from rakuten_common.synthetic import CLASS_INFO, FAMILIES, make_image, make_text

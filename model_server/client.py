@@ -1,93 +1,29 @@
-"""A minimal V2 client for ``rakuten-classifier``: builds requests, sends them, reads answers.
+"""Classify one product with a running server, from the command line.
 
     python -m model_server.client --url http://127.0.0.1:8080 \\
         --designation "Piscine tubulaire ronde" --description "<p>Filtration incluse</p>" --image photo.jpg
-
-Used by ``make demo``, the tests, the Locust scenarios and the benchmark, so that all speak
-exactly the contract documented in the README.
 """
 from __future__ import annotations
 
 import argparse
-import base64
 import json
-import struct
 import sys
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 from rakuten_common.bundle import MODEL_NAME
-
-BINARY_HEADER = "Inference-Header-Content-Length"
-
-
-@dataclass
-class Product:
-    designation: str
-    description: str
-    image: bytes  # the image file's bytes (JPEG, PNG or WebP)
-
-
-def infer_request(products: list[Product], top_k: int = 1, request_id: str | None = None) -> dict:
-    """The JSON body of a V2 inference request, images in base64."""
-    n = len(products)
-    body = {
-        "inputs": [
-            {"name": "designation", "datatype": "BYTES", "shape": [n], "data": [p.designation for p in products]},
-            {"name": "description", "datatype": "BYTES", "shape": [n], "data": [p.description for p in products]},
-            {"name": "image", "datatype": "BYTES", "shape": [n],
-             "data": [base64.b64encode(p.image).decode("ascii") for p in products]},
-        ],
-        "parameters": {"top_k": top_k},
-    }
-    if request_id:
-        body["id"] = request_id
-    return body
-
-
-def binary_infer_request(products: list[Product], top_k: int = 1) -> tuple[bytes, dict[str, str]]:
-    """Body and headers of a request using the binary tensor data extension for images."""
-    body = infer_request(products, top_k)
-    raw = b"".join(struct.pack("<I", len(p.image)) + p.image for p in products)
-    image = body["inputs"][2]
-    del image["data"]
-    image["parameters"] = {"binary_data_size": len(raw)}
-    header = json.dumps(body).encode()
-    return header + raw, {"Content-Type": "application/octet-stream", BINARY_HEADER: str(len(header))}
-
-
-def parse_response(answer: dict) -> list[list[tuple[int, float]]]:
-    """``[[(prdtypecode, probability), ...top_k], ...N]`` from a V2 response body."""
-    outputs = {o["name"]: o for o in answer["outputs"]}
-    codes, probs = outputs["prdtypecode"], outputs["probability"]
-    n, k = codes["shape"]
-    return [[(int(codes["data"][i * k + j]), float(probs["data"][i * k + j])) for j in range(k)] for i in range(n)]
-
-
-def infer_url(base_url: str, model_name: str = MODEL_NAME) -> str:
-    return f"{base_url.rstrip('/')}/v2/models/{model_name}/infer"
-
-
-def post(url: str, body: bytes, headers: dict[str, str], timeout: float = 30.0) -> tuple[int, dict]:
-    """POST and return ``(status, json_body)`` for any status code."""
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
+from rakuten_common.v2_client import Product, infer_request, infer_url, parse_response, post
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Classify one product with a running rakuten-classifier.")
+    parser = argparse.ArgumentParser(prog="python -m model_server.client",
+                                     description="Classify one product with a running rakuten-classifier.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--url", default="http://127.0.0.1:8080", help="server base URL")
-    parser.add_argument("--model-name", default=MODEL_NAME)
-    parser.add_argument("--designation", required=True)
-    parser.add_argument("--description", default="")
+    parser.add_argument("--model-name", default=MODEL_NAME, help="model name in the V2 routes")
+    parser.add_argument("--designation", required=True, help="the product title")
+    parser.add_argument("--description", default="", help="the description (HTML allowed)")
     parser.add_argument("--image", type=Path, required=True, help="JPEG/PNG/WebP file")
-    parser.add_argument("--top-k", type=int, default=3)
+    parser.add_argument("--top-k", type=int, default=3, help="codes to show, best first")
     args = parser.parse_args(argv)
     product = Product(args.designation, args.description, args.image.read_bytes())
     body = json.dumps(infer_request([product], args.top_k)).encode()

@@ -4,7 +4,7 @@
 
 The chart's `helm test` pod runs it from the model-server image, and `make e2e` runs it from
 the host against the NodePort. It speaks the documented V2 contract through
-``model_server.client`` and draws its own product with ``rakuten_common.synthetic``, so it
+``rakuten_common.v2_client`` and draws its own product with ``rakuten_common.synthetic``, so it
 needs nothing but the predictor. Exit 0 when every check passed, 1 at the first failure.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 import urllib.request
 from dataclasses import dataclass
 
-from model_server.client import Product, infer_request, infer_url, parse_response, post
+from rakuten_common.v2_client import Product, infer_request, infer_url, parse_response, post
 from rakuten_common.bundle import MODEL_NAME
 from rakuten_common.labels import PRDTYPECODES
 from rakuten_common.logs import configure_logging

@@ -12,7 +12,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from model_server.client import Product, infer_request, infer_url, parse_response, post
+from rakuten_common.v2_client import Product, infer_request, infer_url, parse_response, post
 from rakuten_common.data_layout import TRAIN
 from rakuten_common.processes import ServerProcess
 

@@ -23,7 +23,7 @@ from PIL import Image
 
 from model_server.admission import Admission, Deadline, DeadlineExceeded, Overloaded, Ticket, parse_timeout
 from model_server.batching import AdaptiveBatcher
-from model_server.client import Product, infer_request, infer_url, post
+from rakuten_common.v2_client import Product, infer_request, infer_url, post
 from model_server.pool import FairPool
 from tests.servers import start_model_server
 

@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 import yaml
 
-from model_server.client import Product, infer_request, infer_url, post
+from rakuten_common.v2_client import Product, infer_request, infer_url, post
 from tests.helm import (CHART, NAMESPACE, SCENARIO_IDS, by_kind, flag, matches, one, pod_views,  # noqa: F401
                         predictor_pod_labels, rendered, server_container, tools)
 from tests.servers import REPO

@@ -20,7 +20,7 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 from kserve.protocol.infer_type import InferInput, InferRequest
 from PIL import Image
 
-from model_server.client import Product, infer_request, infer_url, parse_response, post
+from rakuten_common.v2_client import Product, infer_request, infer_url, parse_response, post
 from tests.servers import start_model_server
 
 pytestmark = pytest.mark.e2e

@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 from PIL import Image
 
-from model_server.client import Product, binary_infer_request, infer_request, infer_url, parse_response, post
+from rakuten_common.v2_client import Product, binary_infer_request, infer_request, infer_url, parse_response, post
 from tests.servers import start_model_server
 
 pytestmark = pytest.mark.e2e

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from model_server.client import Product, infer_request, infer_url, post
+from rakuten_common.v2_client import Product, infer_request, infer_url, post
 from tests.helm import CHART, NAMESPACE, one, render, tools  # noqa: F401
 from rakuten_common.processes import ServerProcess, free_port
 

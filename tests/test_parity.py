@@ -9,10 +9,10 @@ import pytest
 from kserve.protocol.infer_type import InferRequest
 from kserve.protocol.rest.v2_datamodels import InferenceRequest
 
-from model_server.client import Product, infer_request
+from rakuten_common.v2_client import Product, infer_request
 from model_server.codec import decode_request
 from model_server.model import prepare
-from model_server.runner import ModelRunner
+from rakuten_common.runner import ModelRunner
 from model_server.settings import Settings
 from rakuten_common.artifacts import fetch
 from rakuten_common.bundle import load_bundle

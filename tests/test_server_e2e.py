@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model_server.client import Product, binary_infer_request, infer_request, infer_url, parse_response, post
+from rakuten_common.v2_client import Product, binary_infer_request, infer_request, infer_url, parse_response, post
 from rakuten_common.labels import PRDTYPECODES, LabelMap
 from rakuten_common import synthetic
 from training_job.evaluation import classification_metrics

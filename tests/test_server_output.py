@@ -9,7 +9,7 @@ import uuid
 import pytest
 from PIL import Image
 
-from model_server.client import Product, infer_request, infer_url, post
+from rakuten_common.v2_client import Product, infer_request, infer_url, post
 
 pytestmark = pytest.mark.e2e
 

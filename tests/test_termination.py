@@ -16,7 +16,7 @@ from PIL import Image
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 
-from model_server.client import Product, infer_request, infer_url, post
+from rakuten_common.v2_client import Product, infer_request, infer_url, post
 from tests.helm import one, render, tools  # noqa: F401 - tools is a fixture
 from tests.servers import start_model_server
 

@@ -91,7 +91,7 @@ def predict_rows(runner, texts: list[str], paths: list[Path], batch_size: int, w
 def write_predictions(config: BatchPredictConfig, path: Path) -> dict:
     import numpy as np
 
-    from model_server.runner import ModelRunner
+    from rakuten_common.runner import ModelRunner
     from rakuten_common.artifacts import fetch
     from rakuten_common.bundle import load_bundle
     from rakuten_common.data_layout import TEST

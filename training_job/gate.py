@@ -80,7 +80,7 @@ def evaluation_set(data_dir: str, cache_dir: Path, eval_fraction: float) -> Eval
 
 def predict_codes(bundle: Path, rows: EvaluationSet, batch_size: int, workers: int) -> np.ndarray:
     """The top-1 prdtypecode of every row by the bundle at ``bundle``; -1 where its image cannot be decoded."""
-    from model_server.runner import ModelRunner
+    from rakuten_common.runner import ModelRunner
     from rakuten_common.bundle import load_bundle
     from training_job.batch_predict import predict_rows
 

@@ -1,7 +1,7 @@
 """The rollout's smoke call: one V2 inference that must answer 200 with an expected ``model_version``.
 
 The product is synthetic (``rakuten_common.synthetic``), the request built by the project's one
-V2 client (``model_server.client``), so the call speaks exactly the documented contract.
+V2 client (``rakuten_common.v2_client``), so the call speaks exactly the documented contract.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class SmokeResult:
 
 
 def _body() -> bytes:
-    from model_server.client import Product, infer_request
+    from rakuten_common.v2_client import Product, infer_request
     from rakuten_common.synthetic import make_image, make_text
 
     rng = np.random.default_rng(2220)
@@ -40,7 +40,7 @@ def _body() -> bytes:
 
 def call(base_url: str, model_name: str = MODEL_NAME, timeout: float = 10.0) -> tuple[str | None, str | None]:
     """``(model_version, None)`` for a 200 answer, else ``(None, why not)``."""
-    from model_server.client import infer_url, post
+    from rakuten_common.v2_client import infer_url, post
 
     try:
         status, answer = post(infer_url(base_url, model_name), _body(), {"Content-Type": "application/json"},

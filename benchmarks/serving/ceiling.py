@@ -40,7 +40,7 @@ def _mean_ms(fn, items, seconds: float) -> float:
 def ceiling(bundle: Path, products, batch_sizes: list[int], duration: float) -> dict:
     import numpy as np
 
-    from model_server.runner import ModelRunner
+    from rakuten_common.runner import ModelRunner
     from rakuten_common.bundle import load_bundle
     from rakuten_common.preprocessing import decode_image, product_text
 

@@ -18,7 +18,7 @@ from benchmarks.serving.common import (own_cpu_seconds, percentile, process_cpu_
                                        run_module)
 from benchmarks.serving.metrics import histogram_sum_count, scrape
 from loadtests.products import Encoded, check_answer
-from model_server.client import infer_url
+from rakuten_common.v2_client import infer_url
 
 
 @dataclass

@@ -17,7 +17,7 @@ from benchmarks.serving.common import log
 from benchmarks.serving.metrics import LOAD_PHASES, load_phases, scrape
 from benchmarks.serving.servers import S3_BUCKET, environment, running_model_server, s3_api_server
 from loadtests.products import check_answer, encode
-from model_server.client import infer_url, post
+from rakuten_common.v2_client import infer_url, post
 from rakuten_common.bundle import MODEL_NAME
 
 

@@ -19,7 +19,7 @@ from benchmarks.serving.closed_loop import run_client
 from benchmarks.serving.common import log
 
 CATEGORIES = [  # (label, patterns): a stack goes to the first label with a pattern in any of its frames
-    ("model call (TensorFlow)", ("model_server/runner.py", "tensorflow/")),
+    ("model call (TensorFlow)", ("rakuten_common/runner.py", "tensorflow/")),
     ("image decode + resize (Pillow)", ("decode_image", "PIL/")),
     ("text cleaning", ("product_text", "clean_text")),
     ("request validation + base64 (codec)", ("model_server/codec.py", "base64.py")),
