@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.parse
 
 import pytest
 import yaml
 
-from rakuten_common.processes import ServerProcess, free_port
 from tests.helm import CHART, NAMESPACE, one, render, tools  # noqa: F401
 from tests.servers import start_model_server
 from tests.test_loadtest import run_locust
-from tests.test_monitoring import PROMETHEUS, POD, Prometheus, grafana_to_promql, require
+from tests.prometheus import POD, Prometheus, running_prometheus
+from tests.test_monitoring import grafana_to_promql
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.e2e]
 
@@ -48,31 +47,10 @@ def chart(tools) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def prometheus(drift_server, chart, tmp_path_factory):
-    binary = require(PROMETHEUS, "prometheus")
-    workdir = tmp_path_factory.mktemp("prometheus-drift")
-    groups = one(chart, "PrometheusRule")["spec"]["groups"]
-    (workdir / "rules.yml").write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
     isvc = one(chart, "InferenceService")["metadata"]["name"]
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(workdir / "rules.yml")],
-        "scrape_configs": [{
-            "job_name": f"{NAMESPACE}/{isvc}-predictor", "scrape_interval": "1s", "scrape_timeout": "1s",
-            "static_configs": [{"targets": [urllib.parse.urlparse(drift_server).netloc],
-                                "labels": {"namespace": NAMESPACE, "pod": POD, "isvc": isvc,
-                                           "container": "kserve-container"}}],
-        }],
-    }
-    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    process = ServerProcess([binary, f"--config.file={workdir / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-                             "--log.level=warn"], workdir / "prometheus.log", cwd=workdir)
-    try:
-        process.wait_until_ready(f"http://127.0.0.1:{port}/-/ready", timeout=60)
-        yield Prometheus(f"http://127.0.0.1:{port}", process)
-    finally:
-        process.stop()
+    groups = one(chart, "PrometheusRule")["spec"]["groups"]
+    with running_prometheus(tmp_path_factory.mktemp("prometheus-drift"), drift_server, isvc, groups) as running:
+        yield running
 
 
 def gauges(prometheus: Prometheus) -> dict[str, float]:

@@ -8,14 +8,9 @@ rules run exactly as shipped, with Grafana's variables substituted.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,13 +19,11 @@ import yaml
 
 from rakuten_common.v2_client import Product, infer_request, infer_url, post
 from tests.helm import CHART, NAMESPACE, one, render, tools  # noqa: F401
-from rakuten_common.processes import ServerProcess, free_port
+from tests.prometheus import PROMTOOL, Prometheus, require, running_prometheus
 
 pytestmark = pytest.mark.prometheus
 
-PROMETHEUS, PROMTOOL = shutil.which("prometheus"), shutil.which("promtool")
 RATE_INTERVAL = "1m"
-POD = "rakuten-predictor-7d9f-abcde"
 
 
 @pytest.fixture(scope="module")
@@ -52,64 +45,11 @@ def isvc_name(chart_objects) -> str:
     return one(chart_objects, "InferenceService")["metadata"]["name"]
 
 
-def require(tool: str | None, name: str) -> str:
-    """Skip on a developer machine without Prometheus; fail under CI (env CI set)."""
-    if tool is None:
-        message = f"{name} is not installed (apt-get install -y prometheus)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return tool
-
-
-class Prometheus:
-    def __init__(self, url: str, process: ServerProcess):
-        self.url, self.process = url, process
-
-    def api(self, path: str, **params) -> dict:
-        query = urllib.parse.urlencode(params)
-        with urllib.request.urlopen(f"{self.url}/api/v1/{path}?{query}", timeout=20) as response:
-            return json.loads(response.read())
-
-    def query(self, expr: str) -> dict:
-        """Instant query; raises with Prometheus' error message on a bad expression."""
-        try:
-            answer = self.api("query", query=expr)
-        except urllib.error.HTTPError as error:
-            body = json.loads(error.read() or b"{}")
-            raise AssertionError(f"{body.get('errorType')}: {body.get('error')}\n  in: {expr}") from None
-        assert answer["status"] == "success", answer
-        return answer["data"]
-
-
 @pytest.fixture(scope="module")
-def prometheus(server_url, rules_file, isvc_name, tmp_path_factory):
-    binary = require(PROMETHEUS, "prometheus")
-    workdir = tmp_path_factory.mktemp("prometheus")
-    target = urllib.parse.urlparse(server_url).netloc
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(rules_file)],
-        "scrape_configs": [{
-            "job_name": f"{NAMESPACE}/{isvc_name}-predictor",
-            "scrape_interval": "1s", "scrape_timeout": "1s", "metrics_path": "/metrics",
-            # what the PodMonitor's relabelling produces on a predictor pod
-            "static_configs": [{"targets": [target],
-                                "labels": {"namespace": NAMESPACE, "pod": POD, "isvc": isvc_name,
-                                           "container": "kserve-container"}}],
-        }],
-    }
-    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    process = ServerProcess([binary, f"--config.file={workdir / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-                             "--log.level=warn"], workdir / "prometheus.log", cwd=workdir)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        process.wait_until_ready(f"{url}/-/ready", timeout=60)
-        yield Prometheus(url, process)
-    finally:
-        process.stop()
+def prometheus(server_url, chart_objects, isvc_name, tmp_path_factory):
+    groups = one(chart_objects, "PrometheusRule")["spec"]["groups"]
+    with running_prometheus(tmp_path_factory.mktemp("prometheus"), server_url, isvc_name, groups) as running:
+        yield running
 
 
 def bodies(image: bytes) -> dict[str, bytes]:

@@ -9,7 +9,7 @@ import pytest
 from tests.helm import (CI_VALUES, by_kind, containers, env_of, one, pod_views, predictor_pod_labels,  # noqa: F401
                         render, tools)
 from tests.lifecycle.conftest import ROLLOUT_API
-from tests.test_chart_crosschecks import allowed
+from tests.netpol import address, allowed, pod
 from training_job.kserve_status import ANNOTATION
 
 pytestmark = pytest.mark.helm
@@ -87,12 +87,13 @@ def test_predictor_is_pinned_to_one_version_and_replaced_without_capacity_loss(r
 def test_training_pods_reach_the_api_server_and_the_predictor(rendered, scenario):
     objects = rendered[scenario]
     policies = by_kind(objects, "NetworkPolicy")
-    training = training_views(objects)[0].labels
-    predictor = predictor_pod_labels(one(objects, "InferenceService"))
-    assert allowed(policies, training, {}, 443) and allowed(policies, training, {}, 6443)
+    training = pod(training_views(objects)[0].labels)
+    predictor = pod(predictor_pod_labels(one(objects, "InferenceService")))
+    api_server = address("10.96.0.1")  # the kubernetes Service (any address: apiServer.cidrs is empty)
+    assert allowed(policies, training, api_server, 443) and allowed(policies, training, api_server, 6443)
     if scenario != "knative":
         assert allowed(policies, training, predictor, 8080), "training -> predictor (smoke call)"
-    assert not allowed(policies, training, {}, 8443)
+    assert not allowed(policies, training, api_server, 8443)
 
 
 def training_job(objects) -> dict:
