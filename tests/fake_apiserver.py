@@ -20,7 +20,8 @@ CORE = {"v1": [("namespaces", "Namespace", False), ("secrets", "Secret", True), 
                ("persistentvolumeclaims", "PersistentVolumeClaim", True), ("pods", "Pod", True)],
         "apps/v1": [("deployments", "Deployment", True)],
         "batch/v1": [("jobs", "Job", True), ("cronjobs", "CronJob", True)],
-        "networking.k8s.io/v1": [("networkpolicies", "NetworkPolicy", True)]}
+        "networking.k8s.io/v1": [("networkpolicies", "NetworkPolicy", True)],
+        "rbac.authorization.k8s.io/v1": [("roles", "Role", True), ("rolebindings", "RoleBinding", True)]}
 KSERVE = {"serving.kserve.io/v1beta1": [("inferenceservices", "InferenceService", True)]}
 PROMETHEUS_OPERATOR = {"monitoring.coreos.com/v1": [("podmonitors", "PodMonitor", True),
                                                      ("prometheusrules", "PrometheusRule", True)]}
