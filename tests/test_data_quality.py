@@ -130,7 +130,7 @@ def test_the_published_bundle_holds_its_profile_and_mlflow_the_report(published,
     assert PROFILE_FILE in manifest["files"]  # checksummed like every file of the bundle
     text = s3_client.get_object(Bucket=BUCKET, Key=manifest_key.replace("manifest.json", PROFILE_FILE))["Body"].read()
     profile = ReferenceProfile.from_json(text.decode())
-    assert profile.prdtypecodes == PRDTYPECODES and 250 < profile.rows < 400  # the validation split
+    assert profile.prdtypecodes == PRDTYPECODES and 100 < profile.rows < 200  # the validation split (10 %)
     assert set(profile.features) == {*INPUT_FEATURE_NAMES, "top1_confidence"}
     assert profile.features["image_width"].mean == 500 and 0.2 < profile.features["description_empty"].mean < 0.5
     assert profile.features["top1_confidence"].mean > 0.5 and 0 < profile.features["text_oov_share"].mean < 0.5

@@ -30,5 +30,6 @@ def test_a_served_request_logs_one_line_and_names_the_model_version(server_url, 
     assert answer["model_version"] and answer["model_version"] == answer["parameters"]["model_version"]
     added = log.read_text().splitlines()[len(before):]
     infer_lines = [line for line in added if "/infer" in line]
-    assert len(infer_lines) == 1 and " INFO uvicorn.access: " in infer_lines[0], added
+    assert len(infer_lines) == 1 and " INFO rakuten.access: " in infer_lines[0], added
+    assert len(added) == 1, "one line per served request at INFO"
     assert not [line for line in added if "kserve.trace" in line], added
