@@ -23,6 +23,7 @@ from PIL import Image
 
 from model_server.admission import Admission, Deadline, DeadlineExceeded, Overloaded, Ticket, parse_timeout
 from model_server.batching import AdaptiveBatcher
+from rakuten_common.processes import wait_until
 from rakuten_common.v2_client import Product, infer_request, infer_url, post
 from model_server.pool import FairPool
 from tests.servers import start_model_server
@@ -260,7 +261,9 @@ def test_departed_clients_are_counted_as_499_and_their_work_skipped(small_server
             sock.sendall(b"POST /v2/models/rakuten-classifier/infer HTTP/1.1\r\nHost: x\r\nContent-Length: "
                          + str(len(slow)).encode() + b"\r\n\r\n" + mid_body)
         assert blocker.result()[0] == 200
-    time.sleep(0.5)
+    # A departed client is counted when its handler notices, which can be after the blocker's answer.
+    wait_until(lambda: metric(small_server.url, "rakuten_requests_total", status="499") - before["499"] >= 2,
+               10, "two 499s counted", interval=0.1)
     assert metric(small_server.url, "rakuten_requests_total", status="499") - before["499"] == 2
     assert metric(small_server.url, "rakuten_requests_total", status="200") - before["200"] == 1
     assert metric(small_server.url, "rakuten_dropped_requests_total", reason="client_disconnected") - gone == 2

@@ -9,7 +9,6 @@ import io
 import json
 import re
 import struct
-import time
 
 import grpc
 import numpy as np
@@ -20,6 +19,7 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 from kserve.protocol.infer_type import InferInput, InferRequest
 from PIL import Image
 
+from rakuten_common.processes import wait_until
 from rakuten_common.v2_client import Product, infer_request, infer_url, parse_response, post
 from tests.servers import start_model_server
 
@@ -181,5 +181,7 @@ def test_request_id_comes_back_as_metadata_and_in_the_access_line(grpc_server):
     response, rpc = call
     assert ("x-request-id", "grpc-77") in tuple(rpc.initial_metadata())
     assert response.id == "abc"
-    time.sleep(0.2)
-    assert '"grpc ModelInfer" OK' in grpc_server.logs() and "id=grpc-77" in grpc_server.logs()
+    # The access line is written after the answer: wait for it rather than for a fixed time.
+    wait_until(lambda: "id=grpc-77" in grpc_server.logs(), 10, "the gRPC access line", interval=0.05)
+    line = next(line for line in grpc_server.logs().splitlines() if "id=grpc-77" in line)
+    assert '"grpc ModelInfer" OK' in line

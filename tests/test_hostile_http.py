@@ -16,6 +16,7 @@ import urllib.request
 import pytest
 from PIL import Image
 
+from rakuten_common.processes import wait_until
 from rakuten_common.v2_client import Product, binary_infer_request, infer_request, infer_url, parse_response, post
 from tests.servers import start_model_server
 
@@ -343,7 +344,8 @@ def test_request_id_is_honoured_or_generated_and_logged(hostile_url):
     assert re.fullmatch(r"[0-9a-f]{32}", generated)
     status, answer = post(infer_url(hostile_url.url), b"{", {**JSON, "X-Request-ID": "err-42"})
     assert status == 422
-    time.sleep(0.2)
+    # Access lines are written after the answer: wait for the last one rather than for a fixed time.
+    wait_until(lambda: "id=err-42" in hostile_url.logs(), 10, "the access lines", interval=0.05)
     logs = hostile_url.logs()
     assert re.search(r'"POST /v2/models/rakuten-classifier/infer" 200 [\d.]+ms id=abc-123', logs)
     assert f"id={generated}" in logs

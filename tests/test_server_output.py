@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import uuid
 
 import pytest
 from PIL import Image
 
+from rakuten_common.processes import wait_until
 from rakuten_common.v2_client import Product, infer_request, infer_url, post
 
 pytestmark = pytest.mark.e2e
@@ -25,11 +27,19 @@ def test_a_served_request_logs_one_line_and_names_the_model_version(server_url, 
     before = log.read_text().splitlines()
     marker = uuid.uuid4().hex
     status, answer = post(infer_url(server_url), json.dumps(infer_request(
-        [Product(f"Lampe {marker}", "", jpeg())], request_id=marker)).encode(), {"Content-Type": "application/json"})
+        [Product(f"Lampe {marker}", "", jpeg())], request_id=marker)).encode(),
+        {"Content-Type": "application/json", "X-Request-Id": marker})
     assert status == 200, answer
     assert answer["model_version"] and answer["model_version"] == answer["parameters"]["model_version"]
-    added = log.read_text().splitlines()[len(before):]
-    infer_lines = [line for line in added if "/infer" in line]
-    assert len(infer_lines) == 1 and " INFO rakuten.access: " in infer_lines[0], added
-    assert len(added) == 1, "one line per served request at INFO"
+
+    def new_lines() -> list[str]:
+        return log.read_text().splitlines()[len(before):]
+
+    # The access line is written once the answer has been sent: the client can see the answer first.
+    wait_until(lambda: any(marker in line for line in new_lines()), 10, "the access log line", interval=0.05)
+    time.sleep(0.3)  # a second line, if the server wrote one, would follow straight after
+    added = new_lines()
+    ours = [line for line in added if marker in line]
+    assert len(ours) == 1 and " INFO rakuten.access: " in ours[0] and "/infer" in ours[0], added
+    assert len([line for line in added if "/infer" in line]) == 1, "one line per served request at INFO"
     assert not [line for line in added if "kserve.trace" in line], added
