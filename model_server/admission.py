@@ -81,17 +81,30 @@ class Admission:
     def admit(self, announced_bytes: int) -> None:
         """Take one provisional row and ``announced_bytes``, or raise ``Overloaded``."""
         with self._lock:
-            if self.rows + 1 > self.max_rows:
-                reason = f"{self.rows} products are queued, the bound is {self.max_rows}"
-            elif self.bytes and self.bytes + announced_bytes > self.max_bytes:
-                reason = f"{self.bytes} request bytes are in flight, the bound is {self.max_bytes}"
-            else:
+            reason = self._full(announced_bytes)
+            if reason is None:
                 self.rows += 1
                 self.bytes += announced_bytes
                 self._publish()
                 return
         self.dropped("overloaded")
         raise Overloaded(f"server busy: {reason}; retry later")
+
+    def refusal(self, announced_bytes: int) -> Overloaded | None:
+        """What ``admit`` would raise now (counted as dropped), without admitting anything."""
+        with self._lock:
+            reason = self._full(announced_bytes)
+        if reason is None:
+            return None
+        self.dropped("overloaded")
+        return Overloaded(f"server busy: {reason}; retry later")
+
+    def _full(self, announced_bytes: int) -> str | None:
+        if self.rows + 1 > self.max_rows:
+            return f"{self.rows} products are queued, the bound is {self.max_rows}"
+        if self.bytes and self.bytes + announced_bytes > self.max_bytes:
+            return f"{self.bytes} request bytes are in flight, the bound is {self.max_bytes}"
+        return None
 
     def grow_bytes(self, more: int) -> None:
         """Bytes beyond those announced (chunked bodies); never refused, bounded by the body limit."""

@@ -10,7 +10,10 @@
 - limits on the request line and headers (``--max_header_bytes``, ``--max_headers``):
   ``431`` (``414`` for the URL) instead of buffering without end;
 - health probes answered as soon as their headers are parsed, in the read callback itself:
-  no ASGI task to schedule behind the inference work queued on the event loop.
+  no ASGI task to schedule behind the inference work queued on the event loop;
+- inference requests refused there too when admission is full (``Limits.refuse``): under
+  overload most requests are refusals, and a refusal without an ASGI task costs a fraction of
+  one with it, which leaves the CPU to the admitted ones. Their body is skipped unread.
 
 Requests that are being answered are never closed by these.
 """
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -32,6 +35,16 @@ class HeaderLimitExceeded(Exception):
         self.status = status
 
 
+class FastAnswer(NamedTuple):
+    """A response written by the protocol itself, without the ASGI app."""
+
+    status: int
+    body: bytes
+    request_id: str
+    close: bool
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
 class Limits:
     """Settings and shared state of every connection of one server."""
 
@@ -43,9 +56,12 @@ class Limits:
         self.idle: OrderedDict[int, "GuardedHttpToolsProtocol"] = OrderedDict()  # oldest first
         self.open = 0
         self.evicted = 0
-        #: raw paths answered at once, and the answerer: (path, headers) -> (status, body, request id, close)
+        #: raw paths of GET requests answered at once, and the answerer: (path, headers) -> FastAnswer
         self.probe_paths: frozenset[bytes] = frozenset()
-        self.probe: Callable[[str, list], tuple[int, bytes, str, bool]] | None = None
+        self.probe: Callable[[str, list], FastAnswer] | None = None
+        #: raw path of POST requests that may be refused at once: (headers, client) -> FastAnswer, or None to serve
+        self.refusal_path: bytes | None = None
+        self.refuse: Callable[[list, tuple | None], FastAnswer | None] | None = None
 
 
 def protocol_class(limits: Limits) -> type:
@@ -157,22 +173,35 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._busy()
-        self._fast = (self.url in self.limits.probe_paths and self.parser.get_method() == b"GET"
-                      and (self.cycle is None or self.cycle.response_complete) and not self.pipeline)
+        answer = self._fast_answer()
+        self._fast = answer is not None
         if self._fast:
-            return self._answer_probe()
+            return self._write_fast(answer)
         super().on_headers_complete()
 
-    def _answer_probe(self) -> None:
-        status, body, request_id, close = self.limits.probe(self.url.decode("latin-1"), self.headers)
-        close = close or not self.parser.should_keep_alive()
+    def _fast_answer(self) -> FastAnswer | None:
+        """A probe's answer, or an inference request's refusal; ``None`` to go on to the ASGI app."""
+        if (self.cycle is not None and not self.cycle.response_complete) or self.pipeline:
+            return None  # answers go out in order: only when nothing is pending on this connection
+        limits, method = self.limits, self.parser.get_method()
+        if method == b"GET" and self.url in limits.probe_paths:
+            return limits.probe(self.url.decode("latin-1"), self.headers)
+        if method == b"POST" and self.url == limits.refusal_path and limits.refuse is not None:
+            return limits.refuse(self.headers, self.client)
+        return None
+
+    def _write_fast(self, answer: FastAnswer) -> None:
+        close = answer.close or not self.parser.should_keep_alive()
         self.transport.write(b"".join([
-            STATUS_LINE[status], b"content-type: application/json\r\ncontent-length: ", str(len(body)).encode(),
-            b"\r\nx-request-id: ", request_id.encode(), b"\r\nconnection: close\r\n\r\n" if close else b"\r\n\r\n",
-            body]))
+            STATUS_LINE[answer.status], b"content-type: application/json\r\ncontent-length: ",
+            str(len(answer.body)).encode(), b"\r\nx-request-id: ", answer.request_id.encode(), b"\r\n",
+            *(name + b": " + value + b"\r\n" for name, value in answer.headers),
+            b"connection: close\r\n\r\n" if close else b"\r\n", answer.body]))
         self.server_state.total_requests += 1
         if close:
             self.transport.close()
+        else:
+            self._evictable()  # a body still to skip must not hold a connection slot
 
     def on_body(self, body: bytes) -> None:
         if not self._fast:

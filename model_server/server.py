@@ -96,6 +96,8 @@ class ModelServer:
                         settings.max_headers)
         limits.probe_paths = frozenset(path.encode() for path in self.gate.probe_paths)
         limits.probe = self.gate.fast_probe
+        limits.refusal_path = self.gate.infer_path.encode()
+        limits.refuse = self.gate.fast_refusal
         config = uvicorn.Config(self.gate, host="0.0.0.0", port=settings.http_port, http=protocol_class(limits),
                                 ws="none", lifespan="off", log_config=None, access_log=False, server_header=False,
                                 timeout_keep_alive=settings.timeout_keep_alive, loop="none",

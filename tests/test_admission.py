@@ -22,10 +22,13 @@ import pytest
 from PIL import Image
 
 from model_server.admission import Admission, Deadline, DeadlineExceeded, Overloaded, Ticket, parse_timeout
+from model_server.auth import ApiKeys, RateLimiter
 from model_server.batching import AdaptiveBatcher
+from model_server.gate import Gate, ServerState
+from model_server.pool import FairPool
+from model_server.settings import Settings
 from rakuten_common.processes import wait_until
 from rakuten_common.v2_client import Product, infer_request, infer_url, post
-from model_server.pool import FairPool
 from tests.servers import start_model_server
 
 JSON = {"Content-Type": "application/json"}
@@ -132,6 +135,26 @@ def test_batcher_drops_rows_whose_deadline_passed_while_queued():
     assert [3] not in calls and all(3 not in c for c in calls)
 
 
+def test_fast_refusal_answers_only_what_the_ordinary_path_would_refuse_with_503():
+    """The refusal written by the HTTP protocol: only when admission is full, never in place of a
+    401 (keys configured) or a 400/413 (malformed or too large), which the ordinary path answers."""
+    settings = Settings(max_queued_rows=1)
+    admission = Admission(1, 1 << 20, "rakuten-classifier")
+    open_gate = Gate(None, settings, ServerState(lambda: None), admission, ApiKeys([], None), RateLimiter(0, 1))
+    keyed_gate = Gate(None, settings, ServerState(lambda: None), admission, ApiKeys(["k"], None), RateLimiter(0, 1))
+    small = [(b"content-length", b"100"), (b"x-request-id", b"r-1")]
+    assert open_gate.fast_refusal(small, ("127.0.0.1", 5)) is None  # room: served the ordinary way
+    admission.admit(0)
+    answer = open_gate.fast_refusal(small, ("127.0.0.1", 5))
+    assert (answer.status, answer.request_id, answer.close) == (503, "r-1", False)
+    assert answer.headers == ((b"retry-after", b"1"),) and b"1 products are queued" in answer.body
+    assert open_gate.fast_refusal([], None).close  # no announced length: the body is not worth receiving
+    assert keyed_gate.fast_refusal(small, None) is None
+    assert open_gate.fast_refusal([(b"content-length", b"12x")], None) is None
+    assert open_gate.fast_refusal([(b"timeout", b"-1")], None) is None
+    assert open_gate.fast_refusal([(b"content-length", str(settings.max_body_bytes + 1).encode())], None) is None
+
+
 # -- a real server beyond its bounds ------------------------------------------------------------------
 def png(side: int) -> bytes:
     """A small file that takes long to decode: a PNG of side x side pixels of one colour."""
@@ -204,6 +227,43 @@ def test_retry_after_on_503(small_server):
         responses = [f.result() for f in futures]
     refused = [r for r in responses if r.startswith(b"HTTP/1.1 503")]
     assert refused and all(re.search(rb"(?i)\r\nretry-after: \d+\r\n", r) for r in refused)
+
+
+def test_a_refusal_is_answered_before_the_body_and_keeps_a_small_request_s_connection(small_server):
+    """While admission is full, a small request is refused by the HTTP protocol (503, Retry-After,
+    its request id, one access line, counted) and its connection then serves the next request."""
+    slow = heavy_body(6000)
+    small = json.dumps(infer_request([Product("Lampe", "", png(32))])).encode()
+    refused_before = metric(small_server.url, "rakuten_requests_total", status="503")
+    host, port = small_server.url.removeprefix("http://").split(":")
+    with ThreadPoolExecutor(4) as pool:
+        blockers = [pool.submit(post, infer_url(small_server.url), slow, JSON, 60) for _ in range(4)]
+        wait_until(lambda: metric(small_server.url, "rakuten_queued_rows") >= 4, 30, "admission full",
+                   interval=0.05)
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            head = (f"POST /v2/models/rakuten-classifier/infer HTTP/1.1\r\nHost: x\r\n"
+                    f"Content-Type: application/json\r\nX-Request-ID: refused-1\r\nContent-Length: {len(small)}\r\n\r\n")
+            sock.sendall(head.encode())  # headers only: the answer must not wait for the body
+            first = _read_response(sock)
+            sock.sendall(small + b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            second = _read_response(sock)
+        assert all(f.result()[0] == 200 for f in blockers)
+    assert first.startswith(b"HTTP/1.1 503"), first
+    assert re.search(rb"(?i)\r\nretry-after: 1\r\n", first) and re.search(rb"(?i)\r\nx-request-id: refused-1\r\n", first)
+    assert b"connection: close" not in first.lower() and b"server busy" in first
+    assert second.startswith(b"HTTP/1.1 200") and b'"live":true' in second, second
+    assert metric(small_server.url, "rakuten_requests_total", status="503") - refused_before == 1
+    access = [line for line in small_server.logs().splitlines() if "id=refused-1" in line]
+    assert len(access) == 1 and '"POST /v2/models/rakuten-classifier/infer" 503' in access[0], access
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    data = b""
+    while not (b"\r\n\r\n" in data and _complete(data)):
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+    return data
 
 
 def _raw_post(url: str, body: bytes, headers: dict | None = None, close_after_send: bool = False) -> bytes:
