@@ -13,12 +13,17 @@ from pathlib import Path
 
 from rakuten_common.bundle import MODEL_NAME
 from rakuten_common.cpu import available_cpus
-from rakuten_common.options import HelpFormatter, add_options, from_args, option
+from rakuten_common.options import HelpFormatter, add_options, bounded, from_args, option
 from rakuten_common.preprocessing import ImageLimits
 
 #: Thread pools default to the container's CPU limit (rakuten_common.cpu), not the node's cores;
 #: read when the parser is built, so CPU_LIMIT set by then counts.
 _CPU_LIMIT = "the CPU limit (CPU_LIMIT, cgroup quota or usable CPUs)"
+# Option types refusing values that would leave the server unable to serve (e.g. a queue of 0 rows).
+AT_LEAST_ONE = bounded(int, minimum=1)
+NOT_NEGATIVE = bounded(float, minimum=0.0)
+POSITIVE = bounded(float, positive=True)
+PORT = bounded(int, 1, 65535)
 
 #: Largest drift window accepted (about 200 bytes per product).
 MAX_DRIFT_WINDOW = 1_000_000
@@ -66,56 +71,56 @@ class Settings:
                                  help="when the newest version of a prefix is unusable (corrupt manifest, "
                                       "checksum mismatch): try the previous one, or fail")
     # -- listening -------------------------------------------------------------------------------
-    http_port: int = option(8080, env="HTTP_PORT", help="REST port (V2, health, /metrics)")
-    grpc_port: int = option(8081, env="GRPC_PORT", help="gRPC port (V2)")
+    http_port: int = option(8080, env="HTTP_PORT", type=PORT, help="REST port (V2, health, /metrics)")
+    grpc_port: int = option(8081, env="GRPC_PORT", type=PORT, help="gRPC port (V2)")
     enable_grpc: bool = option(True, env="ENABLE_GRPC", help="serve V2 over gRPC too")
     # -- batching and threads --------------------------------------------------------------------
-    max_batch_size: int = option(32, env="MAX_BATCH_SIZE",
+    max_batch_size: int = option(32, env="MAX_BATCH_SIZE", type=AT_LEAST_ONE,
                                  help="max products per model call; 1 disables adaptive batching")
-    max_batch_time_ms: float = option(5.0, env="MAX_BATCH_TIME_MS",
+    max_batch_time_ms: float = option(5.0, env="MAX_BATCH_TIME_MS", type=NOT_NEGATIVE,
                                       help="max wait for more requests, only while some are on their way")
-    preprocess_workers: int = option(default_factory=available_cpus, env="PREPROCESS_WORKERS", shown=_CPU_LIMIT,
+    preprocess_workers: int = option(default_factory=available_cpus, env="PREPROCESS_WORKERS", type=AT_LEAST_ONE, shown=_CPU_LIMIT,
                                      help="threads decoding images and cleaning text")
     tf_intra_op_threads: int = option(default_factory=available_cpus, env="TF_INTRA_OP_THREADS", shown=_CPU_LIMIT,
                                       help="threads working inside one model op (TF intra-op pool)")
     tf_inter_op_threads: int = option(default_factory=available_cpus, env="TF_INTER_OP_THREADS", shown=_CPU_LIMIT,
                                       help="model ops run at once (TF inter-op pool)")
     # -- request limits (refused with a 400 naming the limit) ------------------------------------
-    max_request_items: int = option(64, env="MAX_REQUEST_ITEMS", help="max products (N) in one request")
-    max_text_chars: int = option(20_000, env="MAX_TEXT_CHARS",
+    max_request_items: int = option(64, env="MAX_REQUEST_ITEMS", type=AT_LEAST_ONE, help="max products (N) in one request")
+    max_text_chars: int = option(20_000, env="MAX_TEXT_CHARS", type=AT_LEAST_ONE,
                                  help="max characters of one designation or description")
-    max_image_bytes: int = option(ImageLimits.max_bytes, env="MAX_IMAGE_BYTES", help="max size of one image file")
-    max_image_pixels: int = option(ImageLimits.max_pixels, env="MAX_IMAGE_PIXELS",
+    max_image_bytes: int = option(ImageLimits.max_bytes, env="MAX_IMAGE_BYTES", type=AT_LEAST_ONE, help="max size of one image file")
+    max_image_pixels: int = option(ImageLimits.max_pixels, env="MAX_IMAGE_PIXELS", type=AT_LEAST_ONE,
                                    help="max width x height of one image, against decompression bombs")
-    max_request_pixels: int = option(50_000_000, env="MAX_REQUEST_PIXELS",
+    max_request_pixels: int = option(50_000_000, env="MAX_REQUEST_PIXELS", type=AT_LEAST_ONE,
                                      help="max pixels decoded for one request, all its images together "
                                           "(JPEGs count at their reduced decoding scale, 16-bit images twice)")
-    max_id_chars: int = option(256, env="MAX_ID_CHARS", help="max characters of a request id")
+    max_id_chars: int = option(256, env="MAX_ID_CHARS", type=AT_LEAST_ONE, help="max characters of a request id")
     # -- admission control (beyond these, a fast 503 with Retry-After) ---------------------------
-    max_queued_rows: int = option(64, env="MAX_QUEUED_ROWS",
+    max_queued_rows: int = option(64, env="MAX_QUEUED_ROWS", type=AT_LEAST_ONE,
                                   help="max products admitted and not yet through the model (parsing, "
                                        "preprocessing, batching queue)")
-    max_inflight_bytes: int = option(128 * 1024 * 1024, env="MAX_INFLIGHT_BYTES",
+    max_inflight_bytes: int = option(128 * 1024 * 1024, env="MAX_INFLIGHT_BYTES", type=AT_LEAST_ONE,
                                      help="max request-body bytes held by admitted requests together")
-    request_timeout_seconds: float = option(30.0, env="REQUEST_TIMEOUT_SECONDS",
+    request_timeout_seconds: float = option(30.0, env="REQUEST_TIMEOUT_SECONDS", type=POSITIVE,
                                             help="deadline of a request; a client's `timeout` header (seconds) "
                                                  "or gRPC deadline may shorten it. Work still queued at the "
                                                  "deadline is dropped and the answer is a 504")
     # -- HTTP layer ------------------------------------------------------------------------------
-    max_body_bytes: int = option(32 * 1024 * 1024, env="MAX_BODY_BYTES",
+    max_body_bytes: int = option(32 * 1024 * 1024, env="MAX_BODY_BYTES", type=AT_LEAST_ONE,
                                  help="max request body (HTTP) or message (gRPC), refused with 413 before it is read")
-    max_header_bytes: int = option(16 * 1024, env="MAX_HEADER_BYTES",
+    max_header_bytes: int = option(16 * 1024, env="MAX_HEADER_BYTES", type=AT_LEAST_ONE,
                                    help="max size of a request's URL plus headers (431 beyond)")
-    max_headers: int = option(100, env="MAX_HEADERS", help="max number of request headers (431 beyond)")
-    header_timeout_seconds: float = option(10.0, env="HEADER_TIMEOUT_SECONDS",
+    max_headers: int = option(100, env="MAX_HEADERS", type=AT_LEAST_ONE, help="max number of request headers (431 beyond)")
+    header_timeout_seconds: float = option(10.0, env="HEADER_TIMEOUT_SECONDS", type=POSITIVE,
                                            help="time a client has to send a request's headers, then the "
                                                 "connection is closed (against slow-header attacks)")
-    body_timeout_seconds: float = option(30.0, env="BODY_TIMEOUT_SECONDS",
+    body_timeout_seconds: float = option(30.0, env="BODY_TIMEOUT_SECONDS", type=POSITIVE,
                                          help="time a client has to send a request's body (408 beyond)")
-    timeout_keep_alive: int = option(65, env="TIMEOUT_KEEP_ALIVE",
+    timeout_keep_alive: int = option(65, env="TIMEOUT_KEEP_ALIVE", type=AT_LEAST_ONE,
                                      help="seconds an idle keep-alive connection stays open (longer than "
                                           "the proxy's idle timeout)")
-    max_connections: int = option(2048, env="MAX_CONNECTIONS",
+    max_connections: int = option(2048, env="MAX_CONNECTIONS", type=AT_LEAST_ONE,
                                   help="max open HTTP connections; beyond, the longest-idle connection "
                                        "(or one still sending headers) is closed to make room")
     # -- authentication and rate limiting (off unless keys are given) -----------------------------
@@ -125,31 +130,31 @@ class Settings:
                                              "probes then needs `Authorization: Bearer <key>` or `X-API-Key`")
     api_keys: str = option("", env="API_KEYS", metavar="KEYS",
                            help="comma-separated API keys (prefer API_KEYS_FILE: flags show in `ps`)")
-    rate_limit_rps: float = option(0.0, env="RATE_LIMIT_RPS",
+    rate_limit_rps: float = option(0.0, env="RATE_LIMIT_RPS", type=NOT_NEGATIVE,
                                    help="requests per second allowed per API key, 429 with Retry-After "
                                         "beyond (0: no limit; needs API keys)")
-    rate_limit_burst: int = option(20, env="RATE_LIMIT_BURST", help="requests a key may send at once above the rate")
-    metrics_port: int = option(0, env="METRICS_PORT",
+    rate_limit_burst: int = option(20, env="RATE_LIMIT_BURST", type=AT_LEAST_ONE, help="requests a key may send at once above the rate")
+    metrics_port: int = option(0, env="METRICS_PORT", type=bounded(int, 0, 65535),
                                help="serve /metrics on this port only, from its own thread (0: on the HTTP "
                                     "port, without authentication)")
     enable_repository_api: bool = option(False, env="ENABLE_REPOSITORY_API",
                                          help="serve the V2 repository API (load/unload, REST and gRPC); "
                                               "off: anyone could unload the model")
     # -- termination -----------------------------------------------------------------------------
-    drain_seconds: float = option(5.0, env="DRAIN_SECONDS",
+    drain_seconds: float = option(5.0, env="DRAIN_SECONDS", type=NOT_NEGATIVE,
                                   help="after SIGTERM: readiness fails at once, requests are still served "
                                        "for this long, then the server stops")
-    shutdown_timeout_seconds: float = option(10.0, env="SHUTDOWN_TIMEOUT_SECONDS",
+    shutdown_timeout_seconds: float = option(10.0, env="SHUTDOWN_TIMEOUT_SECONDS", type=NOT_NEGATIVE,
                                              help="after the drain, how long requests in progress may take")
     # -- drift monitoring (model_server.drift) ----------------------------------------------------
     drift_window_products: int = option(5000, env="DRIFT_WINDOW_PRODUCTS", type=drift_window,
                                         metavar="N", help="products in the rolling drift window; 0 turns drift "
                                                           f"monitoring off (at most {MAX_DRIFT_WINDOW:,})")
-    drift_window_seconds: float = option(3600.0, env="DRIFT_WINDOW_SECONDS",
+    drift_window_seconds: float = option(3600.0, env="DRIFT_WINDOW_SECONDS", type=POSITIVE,
                                          help="products older than this leave the drift window")
-    drift_min_products: int = option(200, env="DRIFT_MIN_PRODUCTS",
+    drift_min_products: int = option(200, env="DRIFT_MIN_PRODUCTS", type=AT_LEAST_ONE,
                                      help="products the window needs before the drift gauges get a value (NaN before)")
-    drift_low_confidence: float = option(0.5, env="DRIFT_LOW_CONFIDENCE",
+    drift_low_confidence: float = option(0.5, env="DRIFT_LOW_CONFIDENCE", type=bounded(float, 0.0, 1.0),
                                          help="top-1 probability below which a prediction counts as low-confidence")
     # -- logs ------------------------------------------------------------------------------------
     log_level: str = option("INFO", env="LOG_LEVEL", choices=("DEBUG", "INFO", "WARNING", "ERROR"),

@@ -27,6 +27,25 @@ from rakuten_common.env import parse_bool
 _METAVARS = {int: "N", float: "NUM", Path: "PATH", str: "TEXT"}
 
 
+def bounded(kind: type = int, minimum: float | None = None, maximum: float | None = None,
+            positive: bool = False) -> Callable[[str], Any]:
+    """An option type: ``kind(text)``, refused (with a message naming the bound) below ``minimum``,
+    above ``maximum``, or not above 0 when ``positive``. NaN is refused by every bound."""
+
+    def convert(text: str) -> Any:
+        value = kind(text)
+        if positive and not value > 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be above 0")
+        if minimum is not None and not value >= minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} must be at least {minimum}")
+        if maximum is not None and not value <= maximum:
+            raise argparse.ArgumentTypeError(f"{text!r} must be at most {maximum}")
+        return value
+
+    convert.metavar = _METAVARS.get(kind, "VALUE")
+    return convert
+
+
 @dataclass(frozen=True)
 class Option:
     help: str
@@ -84,7 +103,7 @@ def _from_env(spec: Option, convert: Callable[[str], Any], parser: argparse.Argu
         if text:
             try:
                 return convert(text), True
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
                 parser.error(f"environment variable {name}={text!r}: {exc}")
     return None, False
 
@@ -119,8 +138,9 @@ def add_options(parser: argparse.ArgumentParser, cls: type, style: str = "kebab"
                                 metavar="BOOL", help=help_text)
             continue
         metavar = spec.metavar or ("{" + ",".join(map(str, spec.choices)) + "}" if spec.choices
-                                   else next((name for kind, name in _METAVARS.items()
-                                              if isinstance(convert, type) and issubclass(convert, kind)), "VALUE"))
+                                   else getattr(convert, "metavar", None)
+                                   or next((name for kind, name in _METAVARS.items()
+                                            if isinstance(convert, type) and issubclass(convert, kind)), "VALUE"))
         target.add_argument(flag, dest=field.name, default=value, type=convert, choices=spec.choices,
                             metavar=metavar, help=help_text)
 

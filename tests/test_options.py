@@ -75,6 +75,32 @@ def test_a_bad_env_value_names_the_variable(monkeypatch, capsys):
     assert "EXAMPLE_EPOCHS='many'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, env, message", [
+    (["--max_queued_rows=0"], {}, "argument --max_queued_rows: '0' must be at least 1"),
+    ([], {"MAX_BATCH_SIZE": "-3"}, "environment variable MAX_BATCH_SIZE='-3': '-3' must be at least 1"),
+    (["--request_timeout_seconds=0"], {}, "argument --request_timeout_seconds: '0' must be above 0"),
+    (["--drift_low_confidence=nan"], {}, "argument --drift_low_confidence: 'nan' must be at least 0.0"),
+    (["--drift_low_confidence=1.5"], {}, "'1.5' must be at most 1.0"),
+    (["--http_port=70000"], {}, "argument --http_port: '70000' must be at most 65535"),
+])
+def test_server_settings_that_could_not_serve_are_refused_at_start(argv, env, message, monkeypatch, capsys):
+    """A queue of 0 rows would refuse every request; a 0 s timeout would time every one out."""
+    from model_server.settings import parse_settings
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exit_:
+        parse_settings(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_bounded_types_keep_the_values_within_their_bounds():
+    from model_server.settings import parse_settings
+
+    settings = parse_settings(["--max_queued_rows=1", "--drain_seconds=0", "--metrics_port=0", "--drift_low_confidence=1"])
+    assert (settings.max_queued_rows, settings.drain_seconds, settings.metrics_port) == (1, 0.0, 0)
+
+
 @pytest.mark.parametrize("module", ["training_job", "model_server"])
 def test_help_is_fast_and_free_of_tensorflow(module):
     started = time.monotonic()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rakuten_common.bundle import MODEL_NAME
 from rakuten_common.cpu import available_cpus
-from rakuten_common.options import option
+from rakuten_common.options import bounded, option
 
 #: Thread pools default to the container's CPU limit (rakuten_common.cpu), not the node's cores;
 #: read when the parser is built, so CPU_LIMIT set by then counts.
@@ -23,14 +23,19 @@ BACKBONES = {
 }
 
 
+#: A share from 0 to 1 (option type).
+share = bounded(float, 0.0, 1.0)
+AT_LEAST_ONE = bounded(int, minimum=1)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The concatenated model's architecture (``training_job.model``)."""
 
-    image_size: int = option(128, env="IMAGE_SIZE", help="image side in pixels")
-    max_tokens: int = option(100_000, env="MAX_TOKENS",
+    image_size: int = option(128, env="IMAGE_SIZE", type=AT_LEAST_ONE, help="image side in pixels")
+    max_tokens: int = option(100_000, env="MAX_TOKENS", type=AT_LEAST_ONE,
                              help="text vocabulary: the most frequent word 1- and 2-grams kept")
-    sequence_length: int = option(256, env="SEQUENCE_LENGTH",
+    sequence_length: int = option(256, env="SEQUENCE_LENGTH", type=AT_LEAST_ONE,
                                   help="leading tokens of a product's text the drift profile's out-of-vocabulary "
                                        "share looks at (the text branch itself reads every token)")
     backbone: str = option("cnn", env="IMAGE_BACKBONE", choices=("cnn", *BACKBONES),
@@ -47,14 +52,6 @@ class ModelConfig:
     fusion_units: int = 256
     dropout: float = 0.3
     branches: tuple[str, ...] = ("text", "image")
-
-
-def share(text: str) -> float:
-    """A share from 0 to 1 (argparse type)."""
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise ValueError(f"{text} is not a share from 0 to 1")
-    return value
 
 
 @dataclass(frozen=True)
@@ -91,19 +88,19 @@ class TrainConfig:
     generate_sample: int = option(0, env="GENERATE_SAMPLE_ROWS", metavar="ROWS",
                                   help="first write a sample dataset of about ROWS rows into --data-dir "
                                        "(a folder) if it holds none (0: never)")
-    epochs: int = option(15, env="EPOCHS", help="most training epochs (early stopping usually ends sooner)")
-    batch_size: int = option(256, env="BATCH_SIZE", help="products per training step")
-    learning_rate: float = option(2e-3, env="LEARNING_RATE", help="Adam learning rate")
-    val_fraction: float = option(0.1, env="VAL_FRACTION",
+    epochs: int = option(15, env="EPOCHS", type=AT_LEAST_ONE, help="most training epochs (early stopping usually ends sooner)")
+    batch_size: int = option(256, env="BATCH_SIZE", type=AT_LEAST_ONE, help="products per training step")
+    learning_rate: float = option(2e-3, env="LEARNING_RATE", type=bounded(float, positive=True), help="Adam learning rate")
+    val_fraction: float = option(0.1, env="VAL_FRACTION", type=bounded(float, 0.0, 0.5),
                                  help="stratified validation share of the rows outside the evaluation split "
                                       "(early stopping)")
-    eval_fraction: float = option(0.1, env="EVAL_FRACTION",
+    eval_fraction: float = option(0.1, env="EVAL_FRACTION", type=bounded(float, 0.0, 0.5),
                                   help="share of products in the fixed evaluation split (by productid hash); "
                                        "never trained on; the promotion gate scores on it")
-    patience: int = option(3, env="PATIENCE",
+    patience: int = option(3, env="PATIENCE", type=bounded(int, minimum=0),
                            help="epochs without a better validation weighted F1 before stopping "
                                 "(the best epoch's weights are kept)")
-    max_rows: int = option(0, env="MAX_ROWS", help="use only the first N rows (0: all)")
+    max_rows: int = option(0, env="MAX_ROWS", type=bounded(int, minimum=0), help="use only the first N rows (0: all)")
     ablation: bool = option(False, env="ABLATION",
                             help="also train text-only and image-only models (nested MLflow runs)")
     promote: bool = option(False, env="PROMOTE",
