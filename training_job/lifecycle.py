@@ -1,6 +1,7 @@
 """The promotion flow behind ``python -m training_job.promote``: judge, promote, roll out, roll back.
 
-Order of a promotion: the registry alias ``champion`` moves first, then the champion pointer is
+Order of a promotion: the registry alias ``champion`` moves first (unless another promotion
+moved it since this one read it), then the champion pointer is
 written next to the version (if that write fails the alias is put back), then the rollout.
 A failed rollout restores the previous champion the same way (alias, then pointer) and puts the
 predictor's annotation back. Every step is logged; decisions go to ``training_job.promotions``
@@ -30,11 +31,20 @@ logger = logging.getLogger("rakuten.promote")
 
 def make_champion(registry: Registry, target: RegisteredVersion, previous: RegisteredVersion | None,
                   promoted_by: str) -> None:
-    """Alias ``champion`` -> ``target``, then the pointer next to its version (the alias put back if that fails)."""
+    """Alias ``champion`` -> ``target``, then the pointer next to its version (the alias put back if that fails).
+
+    ``previous`` is the champion this decision was made against: if another promotion has moved
+    the alias since (judging takes minutes), nothing is changed and ``RegistryError`` says so.
+    """
     prefix, version = split_version_uri(target.storage_uri)
     store = open_store(prefix)
     if not store.exists(f"{version}/{MANIFEST_FILE}"):
         raise ArtifactError(f"{target} is not a complete version: no {MANIFEST_FILE} in {target.storage_uri}")
+    current = registry.by_alias(CHAMPION)
+    if (current and current.number) != (previous and previous.number):
+        raise RegistryError(f"the champion changed while this promotion ran (it was {previous or 'none'}, it is "
+                            f"now {current or 'none'}): nothing changed; run the promotion again to judge "
+                            "against the new champion")
     registry.set_alias(CHAMPION, target.number)
     try:
         write_pointer(store, ChampionPointer(version, target.storage_uri, target.number, utc_now(), promoted_by,

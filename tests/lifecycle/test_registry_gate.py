@@ -135,3 +135,21 @@ def test_errors_are_one_line_and_exit_1(lifecycle_env):
     assert down.returncode == 1, down.stdout + down.stderr
     both = promote(lifecycle_env, "--force", "--to", "1")
     assert both.returncode == 2 and "exclude each other" in both.stderr
+
+
+def test_a_promotion_judged_against_another_champion_changes_nothing(good_version, worse_version, lifecycle_env,
+                                                                     s3_env, monkeypatch):
+    """Two promotions at once: the one finding the champion moved since it judged stops (exit 1 in the
+    command) instead of overwriting the other's decision. Called in process to hold the race still."""
+    from training_job.lifecycle import make_champion
+    from training_job.registry import Registry, RegistryError
+
+    for name, value in lifecycle_env.items():
+        monkeypatch.setenv(name, value)
+    registry = Registry(client=client(lifecycle_env))
+    assert aliases(lifecycle_env)["champion"] == good_version.registry_version
+    challenger = registry.get(worse_version.registry_version)
+    with pytest.raises(RegistryError, match="champion changed while this promotion ran .*it was none"):
+        make_champion(registry, challenger, None, "gate")  # judged when there was no champion yet
+    assert aliases(lifecycle_env)["champion"] == good_version.registry_version
+    assert pointer(s3_env)["version"] == good_version.version
