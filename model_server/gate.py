@@ -91,10 +91,7 @@ class Gate:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
-        headers = {}
-        for key, value in scope["headers"]:
-            if key in _WANTED:
-                headers[key] = value
+        headers = _wanted(scope["headers"])
         rid = request_id_from(headers.get(REQUEST_ID_HEADER))
         scope[SCOPE_REQUEST_ID] = rid
         path = scope["path"]
@@ -133,9 +130,7 @@ class Gate:
         finally:
             if infer:
                 self._count(status)
-            if access_logger.isEnabledFor(logging.INFO):
-                access_logger.info('%s "%s %s" %d %.1fms id=%s', _client(scope), scope["method"], path, status,
-                                   (time.perf_counter() - started) * 1000, rid)
+            _log_access(scope.get("client"), scope["method"], path, status, started, rid)
 
     @staticmethod
     def _started(scope) -> bool:
@@ -166,10 +161,9 @@ class Gate:
         if self.keys.enabled:
             return None  # 401 and 429 come before 503
         started = time.perf_counter()
-        headers = {key: value for key, value in raw_headers if key in _WANTED}
+        headers = _wanted(raw_headers)
         try:
-            length = _content_length(headers.get(b"content-length"))
-            parse_timeout(_text(headers.get(TIMEOUT_HEADER.encode())), self.settings.request_timeout_seconds)
+            length, _ = self._announced(headers)
         except ValueError:
             return None
         if length is not None and length > self.settings.max_body_bytes:
@@ -180,9 +174,7 @@ class Gate:
         rid = request_id_from(headers.get(REQUEST_ID_HEADER))
         status, body, close = _busy_answer(refused, length)
         self._count(status)
-        if access_logger.isEnabledFor(logging.INFO):
-            access_logger.info('%s "POST %s" %d %.1fms id=%s', f"{client[0]}:{client[1]}" if client else "-",
-                               self.infer_path, status, (time.perf_counter() - started) * 1000, rid)
+        _log_access(client, "POST", self.infer_path, status, started, rid)
         return FastAnswer(status, orjson.dumps(body), rid, self.state.draining or bool(close),
                           ((b"retry-after", str(refused.retry_after).encode()),))
 
@@ -215,12 +207,16 @@ class Gate:
         return True
 
     # -- inference ---------------------------------------------------------------------------------
+    def _announced(self, headers: dict) -> tuple[int | None, float]:
+        """The body length and deadline (seconds) a request's headers announce; ``ValueError`` if malformed."""
+        return (_content_length(headers.get(b"content-length")),
+                parse_timeout(_text(headers.get(TIMEOUT_HEADER.encode())), self.settings.request_timeout_seconds))
+
     async def _infer(self, scope, receive, send, headers: dict, rid: str) -> None:
         settings = self.settings
         try:
-            length = _content_length(headers.get(b"content-length"))
-            deadline = Deadline.after(parse_timeout(_text(headers.get(TIMEOUT_HEADER.encode())),
-                                                    settings.request_timeout_seconds))
+            length, seconds = self._announced(headers)
+            deadline = Deadline.after(seconds)
         except ValueError as exc:
             return await self._refuse(send, 400, "bad_header", str(exc), close=True)
         if length is not None and length > settings.max_body_bytes:
@@ -341,9 +337,16 @@ def _content_length(value: bytes | None) -> int | None:
     return int(value)
 
 
-def _client(scope) -> str:
-    client = scope.get("client")
-    return f"{client[0]}:{client[1]}" if client else "-"
+def _wanted(raw_headers) -> dict:
+    """The request headers the gate reads, by lower-case name."""
+    return {key: value for key, value in raw_headers if key in _WANTED}
+
+
+def _log_access(client: tuple | None, method: str, path: str, status: int, started: float, rid: str) -> None:
+    """The one access line of a request (``started``: its ``time.perf_counter()`` at arrival)."""
+    if access_logger.isEnabledFor(logging.INFO):
+        access_logger.info('%s "%s %s" %d %.1fms id=%s', f"{client[0]}:{client[1]}" if client else "-", method,
+                           path, status, (time.perf_counter() - started) * 1000, rid)
 
 
 async def _json(send, status: int, body: dict, headers=()) -> None:
