@@ -13,17 +13,13 @@ from pathlib import Path
 
 from rakuten_common.bundle import MODEL_NAME
 from rakuten_common.cpu import available_cpus
-from rakuten_common.options import HelpFormatter, add_options, bounded, from_args, option
+from rakuten_common.options import (AT_LEAST_ONE, NOT_NEGATIVE, PORT, POSITIVE, SHARE, HelpFormatter, add_options,
+                                    bounded, from_args, option)
 from rakuten_common.preprocessing import ImageLimits
 
 #: Thread pools default to the container's CPU limit (rakuten_common.cpu), not the node's cores;
 #: read when the parser is built, so CPU_LIMIT set by then counts.
 _CPU_LIMIT = "the CPU limit (CPU_LIMIT, cgroup quota or usable CPUs)"
-# Option types refusing values that would leave the server unable to serve (e.g. a queue of 0 rows).
-AT_LEAST_ONE = bounded(int, minimum=1)
-NOT_NEGATIVE = bounded(float, minimum=0.0)
-POSITIVE = bounded(float, positive=True)
-PORT = bounded(int, 1, 65535)
 
 #: Largest drift window accepted (about 200 bytes per product).
 MAX_DRIFT_WINDOW = 1_000_000
@@ -50,12 +46,8 @@ class DriftSettings:
     low_confidence: float
 
 
-def drift_window(text: str) -> int:
-    """A drift window size (argparse type): 0 to ``MAX_DRIFT_WINDOW`` products."""
-    value = int(text)
-    if not 0 <= value <= MAX_DRIFT_WINDOW:
-        raise ValueError(f"{value} is not from 0 to {MAX_DRIFT_WINDOW}")
-    return value
+#: A drift window size (option type): 0 to ``MAX_DRIFT_WINDOW`` products.
+drift_window = bounded(int, 0, MAX_DRIFT_WINDOW)
 
 
 @dataclass(frozen=True)
@@ -79,17 +71,19 @@ class Settings:
                                  help="max products per model call; 1 disables adaptive batching")
     max_batch_time_ms: float = option(5.0, env="MAX_BATCH_TIME_MS", type=NOT_NEGATIVE,
                                       help="max wait for more requests, only while some are on their way")
-    preprocess_workers: int = option(default_factory=available_cpus, env="PREPROCESS_WORKERS", type=AT_LEAST_ONE, shown=_CPU_LIMIT,
-                                     help="threads decoding images and cleaning text")
+    preprocess_workers: int = option(default_factory=available_cpus, env="PREPROCESS_WORKERS", type=AT_LEAST_ONE,
+                                     shown=_CPU_LIMIT, help="threads decoding images and cleaning text")
     tf_intra_op_threads: int = option(default_factory=available_cpus, env="TF_INTRA_OP_THREADS", shown=_CPU_LIMIT,
                                       help="threads working inside one model op (TF intra-op pool)")
     tf_inter_op_threads: int = option(default_factory=available_cpus, env="TF_INTER_OP_THREADS", shown=_CPU_LIMIT,
                                       help="model ops run at once (TF inter-op pool)")
     # -- request limits (refused with a 400 naming the limit) ------------------------------------
-    max_request_items: int = option(64, env="MAX_REQUEST_ITEMS", type=AT_LEAST_ONE, help="max products (N) in one request")
+    max_request_items: int = option(64, env="MAX_REQUEST_ITEMS", type=AT_LEAST_ONE,
+                                    help="max products (N) in one request")
     max_text_chars: int = option(20_000, env="MAX_TEXT_CHARS", type=AT_LEAST_ONE,
                                  help="max characters of one designation or description")
-    max_image_bytes: int = option(ImageLimits.max_bytes, env="MAX_IMAGE_BYTES", type=AT_LEAST_ONE, help="max size of one image file")
+    max_image_bytes: int = option(ImageLimits.max_bytes, env="MAX_IMAGE_BYTES", type=AT_LEAST_ONE,
+                                  help="max size of one image file")
     max_image_pixels: int = option(ImageLimits.max_pixels, env="MAX_IMAGE_PIXELS", type=AT_LEAST_ONE,
                                    help="max width x height of one image, against decompression bombs")
     max_request_pixels: int = option(50_000_000, env="MAX_REQUEST_PIXELS", type=AT_LEAST_ONE,
@@ -111,7 +105,8 @@ class Settings:
                                  help="max request body (HTTP) or message (gRPC), refused with 413 before it is read")
     max_header_bytes: int = option(16 * 1024, env="MAX_HEADER_BYTES", type=AT_LEAST_ONE,
                                    help="max size of a request's URL plus headers (431 beyond)")
-    max_headers: int = option(100, env="MAX_HEADERS", type=AT_LEAST_ONE, help="max number of request headers (431 beyond)")
+    max_headers: int = option(100, env="MAX_HEADERS", type=AT_LEAST_ONE,
+                              help="max number of request headers (431 beyond)")
     header_timeout_seconds: float = option(10.0, env="HEADER_TIMEOUT_SECONDS", type=POSITIVE,
                                            help="time a client has to send a request's headers, then the "
                                                 "connection is closed (against slow-header attacks)")
@@ -133,7 +128,8 @@ class Settings:
     rate_limit_rps: float = option(0.0, env="RATE_LIMIT_RPS", type=NOT_NEGATIVE,
                                    help="requests per second allowed per API key, 429 with Retry-After "
                                         "beyond (0: no limit; needs API keys)")
-    rate_limit_burst: int = option(20, env="RATE_LIMIT_BURST", type=AT_LEAST_ONE, help="requests a key may send at once above the rate")
+    rate_limit_burst: int = option(20, env="RATE_LIMIT_BURST", type=AT_LEAST_ONE,
+                                   help="requests a key may send at once above the rate")
     metrics_port: int = option(0, env="METRICS_PORT", type=bounded(int, 0, 65535),
                                help="serve /metrics on this port only, from its own thread (0: on the HTTP "
                                     "port, without authentication)")
@@ -154,7 +150,7 @@ class Settings:
                                          help="products older than this leave the drift window")
     drift_min_products: int = option(200, env="DRIFT_MIN_PRODUCTS", type=AT_LEAST_ONE,
                                      help="products the window needs before the drift gauges get a value (NaN before)")
-    drift_low_confidence: float = option(0.5, env="DRIFT_LOW_CONFIDENCE", type=bounded(float, 0.0, 1.0),
+    drift_low_confidence: float = option(0.5, env="DRIFT_LOW_CONFIDENCE", type=SHARE,
                                          help="top-1 probability below which a prediction counts as low-confidence")
     # -- logs ------------------------------------------------------------------------------------
     log_level: str = option("INFO", env="LOG_LEVEL", choices=("DEBUG", "INFO", "WARNING", "ERROR"),

@@ -46,6 +46,15 @@ def bounded(kind: type = int, minimum: float | None = None, maximum: float | Non
     return convert
 
 
+# The bounded types the settings share.
+AT_LEAST_ONE = bounded(int, minimum=1)
+COUNT = bounded(int, minimum=0)
+NOT_NEGATIVE = bounded(float, minimum=0.0)
+POSITIVE = bounded(float, positive=True)
+SHARE = bounded(float, 0.0, 1.0)
+PORT = bounded(int, 1, 65535)
+
+
 @dataclass(frozen=True)
 class Option:
     help: str

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rakuten_common.bundle import MODEL_NAME
 from rakuten_common.cpu import available_cpus
-from rakuten_common.options import bounded, option
+from rakuten_common.options import AT_LEAST_ONE, COUNT, POSITIVE, SHARE, bounded, option
 
 #: Thread pools default to the container's CPU limit (rakuten_common.cpu), not the node's cores;
 #: read when the parser is built, so CPU_LIMIT set by then counts.
@@ -21,11 +21,6 @@ BACKBONES = {
     "mobilenet_v2": ("MobileNetV2", (1 / 127.5, -1.0)),
     "efficientnet_b0": ("EfficientNetB0", (1.0, 0.0)),  # has its own normalisation layers
 }
-
-
-#: A share from 0 to 1 (option type).
-share = bounded(float, 0.0, 1.0)
-AT_LEAST_ONE = bounded(int, minimum=1)
 
 
 @dataclass(frozen=True)
@@ -58,17 +53,17 @@ class ModelConfig:
 class QualityConfig:
     """Data-quality rules checked before training (``training_job.data_quality``); a violation fails the job."""
 
-    max_missing_images: float = option(0.05, env="MAX_MISSING_IMAGES", type=share, metavar="SHARE",
+    max_missing_images: float = option(0.05, env="MAX_MISSING_IMAGES", type=SHARE, metavar="SHARE",
                                        help="fail when more rows than this share have no image file (1: never)")
-    max_unreadable_images: float = option(0.05, env="MAX_UNREADABLE_IMAGES", type=share, metavar="SHARE",
+    max_unreadable_images: float = option(0.05, env="MAX_UNREADABLE_IMAGES", type=SHARE, metavar="SHARE",
                                           help="fail when more image files than this share cannot be decoded "
                                                "(fewer: those rows are left out; 1: never)")
-    max_unknown_codes: float = option(0.0, env="MAX_UNKNOWN_CODES", type=share, metavar="SHARE",
+    max_unknown_codes: float = option(0.0, env="MAX_UNKNOWN_CODES", type=SHARE, metavar="SHARE",
                                       help="fail when more rows than this share have a prdtypecode outside the 27 "
                                            "(fewer: those rows are left out)")
     min_class_rows: int = option(1, env="MIN_CLASS_ROWS",
                                  help="fail when one of the 27 classes has fewer rows (0: never)")
-    max_duplicate_products: float = option(1.0, env="MAX_DUPLICATE_PRODUCTS", type=share, metavar="SHARE",
+    max_duplicate_products: float = option(1.0, env="MAX_DUPLICATE_PRODUCTS", type=SHARE, metavar="SHARE",
                                            help="fail when more rows than this share repeat an earlier productid "
                                                 "(1: never)")
     max_imbalance_ratio: float = option(0.0, env="MAX_IMBALANCE_RATIO",
@@ -88,19 +83,20 @@ class TrainConfig:
     generate_sample: int = option(0, env="GENERATE_SAMPLE_ROWS", metavar="ROWS",
                                   help="first write a sample dataset of about ROWS rows into --data-dir "
                                        "(a folder) if it holds none (0: never)")
-    epochs: int = option(15, env="EPOCHS", type=AT_LEAST_ONE, help="most training epochs (early stopping usually ends sooner)")
+    epochs: int = option(15, env="EPOCHS", type=AT_LEAST_ONE,
+                         help="most training epochs (early stopping usually ends sooner)")
     batch_size: int = option(256, env="BATCH_SIZE", type=AT_LEAST_ONE, help="products per training step")
-    learning_rate: float = option(2e-3, env="LEARNING_RATE", type=bounded(float, positive=True), help="Adam learning rate")
+    learning_rate: float = option(2e-3, env="LEARNING_RATE", type=POSITIVE, help="Adam learning rate")
     val_fraction: float = option(0.1, env="VAL_FRACTION", type=bounded(float, 0.0, 0.5),
                                  help="stratified validation share of the rows outside the evaluation split "
                                       "(early stopping)")
     eval_fraction: float = option(0.1, env="EVAL_FRACTION", type=bounded(float, 0.0, 0.5),
                                   help="share of products in the fixed evaluation split (by productid hash); "
                                        "never trained on; the promotion gate scores on it")
-    patience: int = option(3, env="PATIENCE", type=bounded(int, minimum=0),
+    patience: int = option(3, env="PATIENCE", type=COUNT,
                            help="epochs without a better validation weighted F1 before stopping "
                                 "(the best epoch's weights are kept)")
-    max_rows: int = option(0, env="MAX_ROWS", type=bounded(int, minimum=0), help="use only the first N rows (0: all)")
+    max_rows: int = option(0, env="MAX_ROWS", type=COUNT, help="use only the first N rows (0: all)")
     ablation: bool = option(False, env="ABLATION",
                             help="also train text-only and image-only models (nested MLflow runs)")
     promote: bool = option(False, env="PROMOTE",

@@ -1,8 +1,8 @@
 """The promotion flow behind ``python -m training_job.promote``: judge, promote, roll out, roll back.
 
 Order of a promotion: the registry alias ``champion`` moves first (unless another promotion
-moved it since this one read it), then the champion pointer is
-written next to the version (if that write fails the alias is put back), then the rollout.
+moved it since this one read it), then the champion pointer is written next to the version (if
+that write fails the alias is put back), then the rollout.
 A failed rollout restores the previous champion the same way (alias, then pointer) and puts the
 predictor's annotation back. Every step is logged; decisions go to ``training_job.promotions``
 and, with an InferenceService, to Kubernetes Events on it.
