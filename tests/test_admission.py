@@ -294,9 +294,13 @@ def test_expired_deadlines_drop_queued_work(small_server):
     short = heavy_body(1000)
     dropped = metric(small_server.url, "rakuten_dropped_requests_total", reason="deadline")
     wasted = metric(small_server.url, "rakuten_wasted_rows_total", stage="preprocess")
+    wait_until(lambda: metric(small_server.url, "rakuten_queued_rows") == 0, 30, "earlier tests' work done",
+               interval=0.05)
     with ThreadPoolExecutor(4) as pool:
         blockers = [pool.submit(post, infer_url(small_server.url), slow, JSON, 60) for _ in range(2)]
-        time.sleep(0.2)
+        # Both blockers admitted first (a fixed sleep lost this race on a slow CI machine).
+        wait_until(lambda: metric(small_server.url, "rakuten_queued_rows") >= 2, 30, "both blockers admitted",
+                   interval=0.02)
         timed = [pool.submit(post, infer_url(small_server.url), short, {**JSON, "timeout": "0.1"}, 60)
                  for _ in range(2)]
         results = [f.result() for f in timed]

@@ -16,6 +16,7 @@ from PIL import Image
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 
+from rakuten_common.processes import wait_until
 from rakuten_common.v2_client import Product, infer_request, infer_url, post
 from tests.helm import one, render, tools  # noqa: F401 - tools is a fixture
 from tests.servers import start_model_server
@@ -50,8 +51,8 @@ def test_sigterm_fails_readiness_first_serves_through_the_drain_then_stops(publi
         assert status(f"{url}/v2/health/ready") == 200
         server.process.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
-        time.sleep(0.3)
-        assert status(f"{url}/v2/health/ready") == 503
+        wait_until(lambda: status(f"{url}/v2/health/ready") == 503, 5, "readiness failing after SIGTERM",
+                   interval=0.05)
         assert status(f"{url}/v2/models/rakuten-classifier/ready") == 503
         assert status(f"{url}/v2/health/live") == 200
         assert not health.ServerReady(pb.ServerReadyRequest(), timeout=5).ready
