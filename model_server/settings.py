@@ -91,7 +91,9 @@ class Settings:
                                           "(JPEGs count at their reduced decoding scale, 16-bit images twice)")
     max_id_chars: int = option(256, env="MAX_ID_CHARS", type=AT_LEAST_ONE, help="max characters of a request id")
     # -- admission control (beyond these, a fast 503 with Retry-After) ---------------------------
-    max_queued_rows: int = option(64, env="MAX_QUEUED_ROWS", type=AT_LEAST_ONE,
+    # One model batch (--max_batch_size): at saturation a product then waits about as long as at
+    # capacity; 64 doubled the admitted p99 at 4x capacity and served no more (docs/performance.md).
+    max_queued_rows: int = option(32, env="MAX_QUEUED_ROWS", type=AT_LEAST_ONE,
                                   help="max products admitted and not yet through the model (parsing, "
                                        "preprocessing, batching queue)")
     max_inflight_bytes: int = option(128 * 1024 * 1024, env="MAX_INFLIGHT_BYTES", type=AT_LEAST_ONE,

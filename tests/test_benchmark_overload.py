@@ -176,3 +176,24 @@ rakuten_expired_requests_created{model_name="rakuten-classifier",stage="queue"} 
     assert load_phases(scrape) == {"fetch": 0.5, "load": 1.25, "warmup": 2.0}
     assert dropped_work(scrape) == {"rakuten_expired_requests_total": 5.0}
     assert dropped_work(Scrape.parse("# TYPE rakuten_requests counter\nrakuten_requests_total 3\n")) == {}
+
+
+def test_cpu_pinning_applies_inside_the_block_and_to_processes_started_there():
+    import os
+    import subprocess
+    import sys
+
+    from benchmarks.serving.overload import cpus
+    from benchmarks.serving.settings import OverloadSettings, parse
+
+    settings = parse(OverloadSettings, ["--server-cpus", "0", "--client-cpus", "0"], "")
+    assert settings.server_cpus == (0,) and settings.client_cpus == (0,)
+    everything = os.sched_getaffinity(0)
+    with cpus(settings.server_cpus):
+        assert os.sched_getaffinity(0) == {0}
+        child = subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
+                               capture_output=True, text=True, check=True)
+        assert child.stdout.strip() == "[0]"
+    assert os.sched_getaffinity(0) == everything
+    with cpus(()):
+        assert os.sched_getaffinity(0) == everything

@@ -51,6 +51,9 @@ def test_targets_met_by_a_server_that_sheds():
     text = render_overload({**report, "targets": targets(report, settings)}, settings)
     assert "12000 (12000 w/ Retry-After)" in text and "rakuten_expired_requests_total 7" in text
     assert "MISSED" not in text
+    assert "pinned" not in text
+    pinned = parse(OverloadSettings, ["--server-cpus", "0", "--client-cpus", "1"], "test")
+    assert "pinned: server on CPU 0, load generator and probes on CPU 1" in render_overload(report, pinned)
 
 
 def test_targets_missed_by_a_collapsing_server():

@@ -15,12 +15,15 @@
 3. The targets of issue 10 at 4x: goodput >= 90 % of capacity, p99 of admitted <= 2x p99 at
    capacity, RSS within --memory-limit-mb, probes p99 < 100 ms, no work for departed clients.
 
-Client and server share the machine: the senders' CPU is taken from the server. Figures move
-with the machine's load (printed); compare runs made one after the other.
+Client and server share the machine: unless pinned apart (--server-cpus 0 --client-cpus 1), the
+senders' CPU is taken from the server, and more of it at 4x than at capacity. Figures move with
+the machine's load (printed); compare runs made one after the other.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shlex
 import shutil
 import tempfile
@@ -132,12 +135,25 @@ def start_target(settings: OverloadSettings, workdir: Path, report: dict) -> Tar
 
     model_dir, _, report["model"] = prepare_model(settings.model_uri, workdir)
     server_args = shlex.split(settings.server_args)
-    server = start_model_server(str(model_dir), workdir / "server.log", server_args)
+    with cpus(settings.server_cpus):  # the server process inherits this thread's CPU set
+        server = start_model_server(str(model_dir), workdir / "server.log", server_args)
     ready = server.wait_ready()
     log.info("server ready in %.1f s on %s (log %s)", ready, server.url, workdir / "server.log")
     report["server"] = {"url": server.url, "pid": server.pid, "started_here": True, "args": server_args,
                         "log": str(workdir / "server.log")}
     return Target(server.url, server.pid, server)
+
+
+@contextlib.contextmanager
+def cpus(allowed: tuple[int, ...]):
+    """Run the block (and the processes it starts) on ``allowed`` CPUs only; all of them if empty."""
+    before = os.sched_getaffinity(0)
+    if allowed:
+        os.sched_setaffinity(0, allowed)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def run(settings: OverloadSettings, workdir: Path, report: dict) -> None:
@@ -146,6 +162,12 @@ def run(settings: OverloadSettings, workdir: Path, report: dict) -> None:
     products, report["products"] = prepare_products(settings.products, settings.data_dir, settings.seed)
     write_requests(workdir, {settings.payload: [encode([p], settings.top_k, settings.payload) for p in products]})
     target = start_target(settings, workdir, report)
+    with cpus(settings.client_cpus):
+        measure(settings, target, workdir, report)
+
+
+def measure(settings: OverloadSettings, target: Target, workdir: Path, report: dict) -> None:
+    """Capacity, then each offered load in turn; the server is stopped at the end."""
     try:
         report["capacity"] = measure_capacity(settings, target, workdir)
         measured = report["capacity"]["cell"]["throughput"]

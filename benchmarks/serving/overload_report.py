@@ -118,6 +118,15 @@ def _server_rows(report: dict) -> list[list]:
     return rows
 
 
+def _placement(settings) -> str:
+    """Which CPUs the server and the load generator ran on ('' when both could use any)."""
+    if not (settings.server_cpus or settings.client_cpus):
+        return ""
+    def cpus(ids):
+        return "CPU " + ",".join(map(str, ids)) if ids else "any CPU"
+    return f"pinned: server on {cpus(settings.server_cpus)}, load generator and probes on {cpus(settings.client_cpus)}"
+
+
 def render(report: dict, settings) -> str:
     """Header, the client's table, the server's table, the error kinds and the targets."""
     parts = [f"rakuten-classifier overload benchmark - {report['machine']['date']}", machine_line(report["machine"])]
@@ -128,6 +137,9 @@ def render(report: dict, settings) -> str:
     if server:
         parts.append(f"server: {server['url']}" + (f" started here with {server.get('args') or 'default'} arguments"
                                                     if server.get("started_here") else " (given)"))
+    placement = _placement(settings)
+    if placement:
+        parts.append(placement)
     if "products" in report:
         p = report["products"]
         parts.append(f"products: {p['source']}, {p['count']} x 500x500 JPEG (mean {p['mean_image_kb']:.0f} KB), "

@@ -83,6 +83,11 @@ class OverloadSettings(CommonSettings):
     timeout_header: str = option("timeout", metavar="NAME",
                                  help="request header telling the server the deadline in seconds (empty: none)")
     clients: int = option(2, help="load-generator processes (each an asyncio loop)")
+    server_cpus: tuple[int, ...] = option((), type=int_list, metavar="LIST", shown="any",
+                                          help="CPUs the started server may run on, e.g. 0 (with --client-cpus: "
+                                               "client and server no longer take CPU from each other)")
+    client_cpus: tuple[int, ...] = option((), type=int_list, metavar="LIST", shown="any",
+                                          help="CPUs the load generator, probes and this script may run on, e.g. 1")
     probe_interval: float = option(0.25, help="seconds between probes of /v2/health/ready and /metrics")
     memory_limit_mb: int = option(2048, help="RSS bound of the targets (the chart's 2Gi limit); a local server "
                                              "above it is killed, as the kernel would in the pod (0: never)")
