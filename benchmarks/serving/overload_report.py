@@ -122,9 +122,9 @@ def _placement(settings) -> str:
     """Which CPUs the server and the load generator ran on ('' when both could use any)."""
     if not (settings.server_cpus or settings.client_cpus):
         return ""
-    def cpus(ids):
+    def where(ids):
         return "CPU " + ",".join(map(str, ids)) if ids else "any CPU"
-    return f"pinned: server on {cpus(settings.server_cpus)}, load generator and probes on {cpus(settings.client_cpus)}"
+    return f"pinned: server on {where(settings.server_cpus)}, load generator and probes on {where(settings.client_cpus)}"
 
 
 def render(report: dict, settings) -> str:
