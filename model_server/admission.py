@@ -87,15 +87,16 @@ class Admission:
                 self.bytes += announced_bytes
                 self._publish()
                 return
-        self.dropped("overloaded")
-        raise Overloaded(f"server busy: {reason}; retry later")
+        raise self._overloaded(reason)
 
     def refusal(self, announced_bytes: int) -> Overloaded | None:
         """What ``admit`` would raise now (counted as dropped), without admitting anything."""
         with self._lock:
             reason = self._full(announced_bytes)
-        if reason is None:
-            return None
+        return None if reason is None else self._overloaded(reason)
+
+    def _overloaded(self, reason: str) -> Overloaded:
+        """Count one request refused for ``reason``; the error that tells its client."""
         self.dropped("overloaded")
         return Overloaded(f"server busy: {reason}; retry later")
 
@@ -117,9 +118,8 @@ class Admission:
         with self._lock:
             queued = self.rows - 1
             if queued and queued + rows > self.max_rows:  # alone, any request the codec accepts fits
-                self.dropped("overloaded")
-                raise Overloaded(f"server busy: {queued} products are queued, {rows} more would pass the "
-                                 f"bound of {self.max_rows}; retry later")
+                raise self._overloaded(f"{queued} products are queued, {rows} more would pass the bound of "
+                                       f"{self.max_rows}")
             self.rows += rows - 1
             self._publish()
 
