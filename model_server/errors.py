@@ -9,8 +9,6 @@ gRPC gets the same mapping to status codes (``grpc_status``).
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -21,38 +19,12 @@ from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
 from starlette.exceptions import HTTPException
 
 from model_server.admission import DeadlineExceeded, Overloaded
+from rakuten_common.logs import RateLimitedLog
 
 logger = logging.getLogger("rakuten.model_server")
 
 LINES_PER_SECOND = 10
-
-
-class RateLimitedLog:
-    """At most ``per_second`` lines a second; the count of lines left out is logged with the next one."""
-
-    def __init__(self, per_second: int = LINES_PER_SECOND):
-        self.per_second = per_second
-        self._window = 0
-        self._lines = 0
-        self._skipped = 0
-        self._lock = threading.Lock()
-
-    def log(self, level: int, message: str, *args, exc_info=None) -> None:
-        now = int(time.monotonic())
-        with self._lock:
-            if now != self._window:
-                self._window, self._lines = now, 0
-            if self._lines >= self.per_second:
-                self._skipped += 1
-                return
-            self._lines += 1
-            skipped, self._skipped = self._skipped, 0
-        if skipped:
-            message += f" ({skipped} similar lines left out)"
-        logger.log(level, message, *args, exc_info=exc_info)
-
-
-refusals = RateLimitedLog()
+refusals = RateLimitedLog(logger, LINES_PER_SECOND)
 
 
 def status_and_message(exc: BaseException) -> tuple[int, str, dict[str, str]]:

@@ -13,8 +13,9 @@ In order, for every HTTP request:
    ``Retry-After``, before the body is read), then the body is read with a size bound and a
    time bound (408); a client leaving mid-body, or later while its request waits, cancels the
    request (no further work) and is counted as ``499``;
-5. one access-log line per request, with status, duration and request id;
-   ``rakuten_requests_total{status}`` for every inference answer.
+5. one access-log line per request, with status, duration and request id (those of 503s
+   rate-limited: ``model_server.access``); ``rakuten_requests_total{status}`` for every
+   inference answer.
 """
 from __future__ import annotations
 
@@ -27,14 +28,13 @@ import time
 import orjson
 from prometheus_client import REGISTRY, exposition
 
-from model_server import metrics
+from model_server import access, metrics
 from model_server.admission import TIMEOUT_HEADER, Admission, Deadline, Overloaded, Ticket, parse_timeout
 from model_server.auth import ApiKeys, RateLimiter, credential
 from model_server.connections import FastAnswer
 from model_server.preparation import Incoming
 from model_server.settings import Settings
 
-access_logger = logging.getLogger("rakuten.access")
 logger = logging.getLogger("rakuten.model_server")
 
 REQUEST_ID_HEADER = b"x-request-id"
@@ -130,7 +130,7 @@ class Gate:
         finally:
             if infer:
                 self._count(status)
-            _log_access(scope.get("client"), scope["method"], path, status, started, rid)
+            access.log_http(scope.get("client"), scope["method"], path, status, started, rid)
 
     @staticmethod
     def _started(scope) -> bool:
@@ -174,7 +174,7 @@ class Gate:
         rid = request_id_from(headers.get(REQUEST_ID_HEADER))
         status, body, close = _busy_answer(refused, length)
         self._count(status)
-        _log_access(client, "POST", self.infer_path, status, started, rid)
+        access.log_http(client, "POST", self.infer_path, status, started, rid)
         return FastAnswer(status, orjson.dumps(body), rid, self.state.draining or bool(close),
                           ((b"retry-after", str(refused.retry_after).encode()),))
 
@@ -340,13 +340,6 @@ def _content_length(value: bytes | None) -> int | None:
 def _wanted(raw_headers) -> dict:
     """The request headers the gate reads, by lower-case name."""
     return {key: value for key, value in raw_headers if key in _WANTED}
-
-
-def _log_access(client: tuple | None, method: str, path: str, status: int, started: float, rid: str) -> None:
-    """The one access line of a request (``started``: its ``time.perf_counter()`` at arrival)."""
-    if access_logger.isEnabledFor(logging.INFO):
-        access_logger.info('%s "%s %s" %d %.1fms id=%s', f"{client[0]}:{client[1]}" if client else "-", method,
-                           path, status, (time.perf_counter() - started) * 1000, rid)
 
 
 async def _json(send, status: int, body: dict, headers=()) -> None:

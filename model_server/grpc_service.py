@@ -25,14 +25,13 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.infer_type import InferInput, InferRequest, to_http_parameters
 
-from model_server import errors, metrics
+from model_server import access, errors, metrics
 from model_server.admission import Deadline, DeadlineExceeded, Ticket
 from model_server.auth import credential
 from model_server.codec import malformed
 from model_server.gate import request_id_from
 from model_server.preparation import Incoming
 
-access_logger = logging.getLogger("rakuten.access")
 
 
 def request_from_grpc(request: pb.ModelInferRequest) -> InferRequest:
@@ -143,9 +142,7 @@ class Servicer(InferenceServicer):
         finally:
             if count:
                 metrics.REQUESTS.labels(model_name=self.settings.model_name, status=f"grpc_{code.name}").inc()
-            if access_logger.isEnabledFor(logging.INFO):
-                access_logger.info('%s "grpc %s" %s %.1fms id=%s', context.peer(), method, code.name,
-                                   (time.perf_counter() - started) * 1000, rid)
+            access.log_grpc(context.peer(), method, code.name, started, rid)
 
     def _authorize(self, metadata: dict[str, str]) -> None:
         keys, limiter = self.server.keys, self.server.limiter

@@ -157,7 +157,9 @@ class Settings:
     # -- logs ------------------------------------------------------------------------------------
     log_level: str = option("INFO", env="LOG_LEVEL", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                             type=str.upper, help="log level")
-    access_log: bool = option(True, env="ACCESS_LOG", help="one log line per HTTP request")
+    access_log: bool = option(True, env="ACCESS_LOG",
+                              help="one log line per HTTP request or gRPC call (those of 503 refusals: "
+                                   "at most 10 a second)")
     enable_latency_logging: bool = option(False, env="ENABLE_LATENCY_LOGGING",
                                           help="KServe's per-request timing lines (three more lines a request)")
     workers: int = option(1, help="ignored: one process per pod; scale with replicas")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
+import time
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 DATE_FORMAT = "%Y-%m-%dT%H:%M:%S"
@@ -66,3 +68,31 @@ def adopt_library_loggers() -> None:
         logger = logging.getLogger(name)
         logger.handlers = [logging.NullHandler()]
         logger.propagate = True
+
+
+class RateLimitedLog:
+    """At most ``per_second`` lines a second on ``logger``; how many were left out is said on the
+    next line written (the same rule for error lines and for the access lines of refusals)."""
+
+    def __init__(self, logger: logging.Logger, per_second: int, clock=time.monotonic):
+        self.logger, self.per_second, self._clock = logger, per_second, clock
+        self._window = 0
+        self._lines = 0
+        self._skipped = 0
+        self._lock = threading.Lock()
+
+    def log(self, level: int, message: str, *args, exc_info=None) -> None:
+        if not self.logger.isEnabledFor(level):
+            return
+        now = int(self._clock())
+        with self._lock:
+            if now != self._window:
+                self._window, self._lines = now, 0
+            if self._lines >= self.per_second:
+                self._skipped += 1
+                return
+            self._lines += 1
+            skipped, self._skipped = self._skipped, 0
+        if skipped:
+            message += f" ({skipped} similar lines left out)"
+        self.logger.log(level, message, *args, exc_info=exc_info)

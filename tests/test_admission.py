@@ -257,6 +257,34 @@ def test_a_refusal_is_answered_before_the_body_and_keeps_a_small_request_s_conne
     assert len(access) == 1 and '"POST /v2/models/rakuten-classifier/infer" 503' in access[0], access
 
 
+def test_a_flood_of_refusals_is_counted_one_by_one_and_logged_at_most_ten_lines_a_second(small_server):
+    """Under overload most requests are refusals: each is counted, but their access lines are
+    rate-limited (writing one cost half the CPU of the refusal itself)."""
+    slow = heavy_body(6000)
+    small = json.dumps(infer_request([Product("Lampe", "", png(32))])).encode()
+    flood = 100
+    refused_before = metric(small_server.url, "rakuten_requests_total", status="503")
+    host, port = small_server.url.removeprefix("http://").split(":")
+    with ThreadPoolExecutor(4) as pool:
+        blockers = [pool.submit(post, infer_url(small_server.url), slow, JSON, 60) for _ in range(4)]
+        wait_until(lambda: metric(small_server.url, "rakuten_queued_rows") >= 4, 30, "admission full",
+                   interval=0.05)
+        started = time.monotonic()
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            for i in range(flood):
+                sock.sendall((f"POST /v2/models/rakuten-classifier/infer HTTP/1.1\r\nHost: x\r\n"
+                              f"Content-Type: application/json\r\nX-Request-ID: flood-{i}\r\n"
+                              f"Content-Length: {len(small)}\r\n\r\n").encode() + small)
+                assert _read_response(sock).startswith(b"HTTP/1.1 503")
+        seconds = time.monotonic() - started
+        assert all(f.result()[0] == 200 for f in blockers)
+    assert metric(small_server.url, "rakuten_requests_total", status="503") - refused_before == flood
+    logged = [line for line in small_server.logs().splitlines() if re.search(r"id=flood-\d+$", line)]
+    windows = int(seconds) + 2  # the seconds of the clock the flood touched
+    assert 1 <= len(logged) <= min(10 * windows, flood - 1), (len(logged), seconds)
+    assert all('"POST /v2/models/rakuten-classifier/infer" 503' in line for line in logged)
+
+
 def _read_response(sock: socket.socket) -> bytes:
     data = b""
     while not (b"\r\n\r\n" in data and _complete(data)):

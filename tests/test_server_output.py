@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import time
 import uuid
 
@@ -43,3 +44,21 @@ def test_a_served_request_logs_one_line_and_names_the_model_version(server_url, 
     assert len(ours) == 1 and " INFO rakuten.access: " in ours[0] and "/infer" in ours[0], added
     assert len([line for line in added if "/infer" in line]) == 1, "one line per served request at INFO"
     assert not [line for line in added if "kserve.trace" in line], added
+
+
+def test_a_rate_limited_log_writes_at_most_its_share_a_second_and_says_how_many_it_left_out(caplog):
+    """The rule for error lines and for the access lines of refusals (fake clock: windows by hand)."""
+    from rakuten_common.logs import RateLimitedLog
+
+    now = [100.2]
+    lines = RateLimitedLog(logging.getLogger("rakuten.test.limited"), per_second=3, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="rakuten.test.limited"):
+        for i in range(8):
+            lines.log(logging.INFO, "refused %d", i)
+        now[0] = 100.9  # same second: still full
+        lines.log(logging.INFO, "refused %d", 8)
+        now[0] = 101.0
+        lines.log(logging.INFO, "refused %d", 9)
+        lines.log(logging.INFO, "refused %d", 10)
+    assert [record.getMessage() for record in caplog.records] == [
+        "refused 0", "refused 1", "refused 2", "refused 9 (6 similar lines left out)", "refused 10"]
