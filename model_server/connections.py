@@ -83,6 +83,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._counted = True
         self._header_bytes = 0
         self._header_timer = None
+        self._reading_headers = False
         self._limit: HeaderLimitExceeded | None = None
         self._fast = False
         super().connection_made(transport)
@@ -139,6 +140,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         except httptools.HttpParserError:  # malformed, or a limit raised by a callback below
             limit, self._limit = self._limit, None
             self._refuse(limit or HeaderLimitExceeded(400, "Invalid HTTP request received."))
+            return
+        if self._reading_headers:
+            # Armed only for headers split over reads: most requests come whole, without a timer.
+            self._arm_header_timer()
 
     def _refuse(self, exc: HeaderLimitExceeded) -> None:
         message = str(exc).encode()
@@ -153,9 +158,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         self._header_bytes = 0
+        self._reading_headers = True
         super().on_message_begin()
         self._evictable()
-        self._arm_header_timer()
 
     def on_url(self, url: bytes) -> None:
         self._header_bytes += len(url)
@@ -172,6 +177,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        self._reading_headers = False
         self._busy()
         answer = self._fast_answer()
         self._fast = answer is not None

@@ -285,10 +285,16 @@ def test_a_slow_body_gets_a_408(hostile_url):
     assert status_of(response) == 408 and time.monotonic() - started < 8
 
 
-def test_slow_headers_are_cut_off(hostile_url):
-    """A client dribbling header bytes (slowloris) loses its connection after --header_timeout_seconds."""
+@pytest.mark.parametrize("after_a_request", [False, True], ids=["new-connection", "kept-alive-connection"])
+def test_slow_headers_are_cut_off(hostile_url, after_a_request):
+    """A client dribbling header bytes (slowloris) loses its connection after --header_timeout_seconds,
+    on a new connection and on one kept alive after an answer (the keep-alive timer stops at the
+    first byte of the next request: the header timer must take over)."""
     host, port = hostile_url.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
+        if after_a_request:
+            sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
         sock.sendall(b"GET /v2 HTTP/1.1\r\nHost: x\r\n")
         started = time.monotonic()
         closed = False
