@@ -30,6 +30,7 @@ def serve(settings: Settings) -> int:
     _import_kserve()
     import warnings
 
+    from model_server import access
     from model_server.model import RakutenClassifier
     from model_server.server import ModelServer
     from rakuten_common.artifacts import ArtifactError
@@ -40,6 +41,7 @@ def serve(settings: Settings) -> int:
     configure_logging(settings.log_level, access_log=settings.access_log, timings=settings.enable_latency_logging)
     configure_tensorflow(settings.tf_intra_op_threads, settings.tf_inter_op_threads)  # before any op runs
     logging.getLogger("rakuten.access").setLevel(logging.INFO if settings.access_log else logging.WARNING)
+    access.limit_refusal_lines(settings.refusal_log_lines_per_second)
     model = RakutenClassifier(settings)
     try:
         model.load()

@@ -2,7 +2,8 @@
 
 ``<client> "<method> <path>" <status> <duration>ms id=<request id>``. The lines of refusals
 for overload (HTTP 503, gRPC ``UNAVAILABLE``) are rate-limited like error lines: at most
-``REFUSAL_LINES_PER_SECOND`` a second, the next one written saying how many were left out.
+``--refusal_log_lines_per_second`` (10) a second, the next one written saying how many were
+left out (0: no limit).
 At four times capacity a server refuses about a thousand requests a second, and writing each
 line took half the CPU of the refusal itself; ``rakuten_requests_total{status}`` still
 counts every one.
@@ -16,10 +17,14 @@ from rakuten_common.logs import RateLimitedLog
 
 access_logger = logging.getLogger("rakuten.access")
 
-REFUSAL_LINES_PER_SECOND = 10
 _HTTP = '%s "%s %s" %d %.1fms id=%s'
 _GRPC = '%s "grpc %s" %s %.1fms id=%s'
-_refusals = RateLimitedLog(access_logger, REFUSAL_LINES_PER_SECOND)
+_refusals = RateLimitedLog(access_logger, 10)
+
+
+def limit_refusal_lines(per_second: int) -> None:
+    """At most ``per_second`` refusal lines a second; 0: a line for every refusal."""
+    _refusals.per_second = per_second or None
 
 
 def log_http(client: tuple | None, method: str, path: str, status: int, started: float, rid: str) -> None:

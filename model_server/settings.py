@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rakuten_common.bundle import MODEL_NAME
 from rakuten_common.cpu import available_cpus
-from rakuten_common.options import (AT_LEAST_ONE, NOT_NEGATIVE, PORT, POSITIVE, SHARE, HelpFormatter, add_options,
+from rakuten_common.options import (AT_LEAST_ONE, COUNT, NOT_NEGATIVE, PORT, POSITIVE, SHARE, HelpFormatter, add_options,
                                     bounded, from_args, option)
 from rakuten_common.preprocessing import ImageLimits
 
@@ -158,8 +158,11 @@ class Settings:
     log_level: str = option("INFO", env="LOG_LEVEL", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                             type=str.upper, help="log level")
     access_log: bool = option(True, env="ACCESS_LOG",
-                              help="one log line per HTTP request or gRPC call (those of 503 refusals: "
-                                   "at most 10 a second)")
+                              help="one log line per HTTP request or gRPC call (503 refusals: see the next)")
+    refusal_log_lines_per_second: int = option(10, env="REFUSAL_LOG_LINES_PER_SECOND", type=COUNT,
+                                               help="access lines of 503 refusals written a second at most, the "
+                                                    "next one saying how many were left out (under overload each "
+                                                    "line costs as much as the refusal); 0: every one")
     enable_latency_logging: bool = option(False, env="ENABLE_LATENCY_LOGGING",
                                           help="KServe's per-request timing lines (three more lines a request)")
     workers: int = option(1, help="ignored: one process per pod; scale with replicas")

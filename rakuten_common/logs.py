@@ -71,10 +71,10 @@ def adopt_library_loggers() -> None:
 
 
 class RateLimitedLog:
-    """At most ``per_second`` lines a second on ``logger``; how many were left out is said on the
-    next line written (the same rule for error lines and for the access lines of refusals)."""
+    """At most ``per_second`` lines a second on ``logger`` (``None``: no limit); how many were left
+    out is said on the next line written (the rule for error lines and for refusals' access lines)."""
 
-    def __init__(self, logger: logging.Logger, per_second: int, clock=time.monotonic):
+    def __init__(self, logger: logging.Logger, per_second: int | None, clock=time.monotonic):
         self.logger, self.per_second, self._clock = logger, per_second, clock
         self._window = 0
         self._lines = 0
@@ -88,7 +88,7 @@ class RateLimitedLog:
         with self._lock:
             if now != self._window:
                 self._window, self._lines = now, 0
-            if self._lines >= self.per_second:
+            if self.per_second is not None and self._lines >= self.per_second:
                 self._skipped += 1
                 return
             self._lines += 1

@@ -62,3 +62,25 @@ def test_a_rate_limited_log_writes_at_most_its_share_a_second_and_says_how_many_
         lines.log(logging.INFO, "refused %d", 10)
     assert [record.getMessage() for record in caplog.records] == [
         "refused 0", "refused 1", "refused 2", "refused 9 (6 similar lines left out)", "refused 10"]
+
+
+def test_refusal_access_lines_are_limited_by_the_option_and_0_writes_every_one(caplog):
+    """``--refusal_log_lines_per_second``: the access lines of 503s only; other statuses always logged."""
+    from model_server import access
+
+    def lines_for(status: int, count: int) -> int:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="rakuten.access"):
+            for i in range(count):
+                access.log_http(("127.0.0.1", 5000), "POST", "/v2/models/m/infer", status, time.perf_counter(),
+                                f"r{i}")
+        return len(caplog.records)
+
+    try:
+        access.limit_refusal_lines(3)
+        assert lines_for(503, 50) <= 6  # 3 a second; the loop may straddle a second
+        assert lines_for(200, 50) == 50
+        access.limit_refusal_lines(0)
+        assert lines_for(503, 50) == 50
+    finally:
+        access.limit_refusal_lines(10)
