@@ -1,7 +1,7 @@
 """The access log: one INFO line per HTTP request and per gRPC call, on ``rakuten.access``.
 
-``<client> "<method> <path>" <status> <duration>ms id=<request id>``. The lines of refusals
-for overload (HTTP 503, gRPC ``UNAVAILABLE``) are rate-limited like error lines: at most
+``<client> "<method> <path>" <status> <duration>ms id=<request id>``. The lines of 503
+refusals (overloaded or not ready; gRPC ``UNAVAILABLE``) are rate-limited like error lines: at most
 ``--refusal_log_lines_per_second`` (10) a second, the next one written saying how many were
 left out (0: no limit).
 At four times capacity a server refuses about a thousand requests a second, and writing each

@@ -33,7 +33,6 @@ from model_server.gate import request_id_from
 from model_server.preparation import Incoming
 
 
-
 def request_from_grpc(request: pb.ModelInferRequest) -> InferRequest:
     """An ``InferRequest`` of a gRPC request: BYTES from typed or raw contents, nothing expanded."""
     raw = list(request.raw_input_contents)
