@@ -16,6 +16,7 @@ import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -229,25 +230,36 @@ def test_retry_after_on_503(small_server):
     assert refused and all(re.search(rb"(?i)\r\nretry-after: \d+\r\n", r) for r in refused)
 
 
+@contextmanager
+def admission_held_full(server):
+    """Four slow one-product requests fill ``small_server``'s bound of 4 for the block; each is
+    served (200) after it."""
+    slow = heavy_body(6000)
+    with ThreadPoolExecutor(4) as pool:
+        blockers = [pool.submit(post, infer_url(server.url), slow, JSON, 60) for _ in range(4)]
+        wait_until(lambda: metric(server.url, "rakuten_queued_rows") >= 4, 30, "admission full", interval=0.05)
+        yield
+        assert all(f.result()[0] == 200 for f in blockers)
+
+
+def infer_head(request_id: str, length: int) -> bytes:
+    """The head of a raw HTTP inference request with a JSON body of ``length`` bytes."""
+    return (f"POST /v2/models/rakuten-classifier/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"X-Request-ID: {request_id}\r\nContent-Length: {length}\r\n\r\n").encode()
+
+
 def test_a_refusal_is_answered_before_the_body_and_keeps_a_small_request_s_connection(small_server):
     """While admission is full, a small request is refused by the HTTP protocol (503, Retry-After,
     its request id, one access line, counted) and its connection then serves the next request."""
-    slow = heavy_body(6000)
     small = json.dumps(infer_request([Product("Lampe", "", png(32))])).encode()
     refused_before = metric(small_server.url, "rakuten_requests_total", status="503")
     host, port = small_server.url.removeprefix("http://").split(":")
-    with ThreadPoolExecutor(4) as pool:
-        blockers = [pool.submit(post, infer_url(small_server.url), slow, JSON, 60) for _ in range(4)]
-        wait_until(lambda: metric(small_server.url, "rakuten_queued_rows") >= 4, 30, "admission full",
-                   interval=0.05)
+    with admission_held_full(small_server):
         with socket.create_connection((host, int(port)), timeout=30) as sock:
-            head = (f"POST /v2/models/rakuten-classifier/infer HTTP/1.1\r\nHost: x\r\n"
-                    f"Content-Type: application/json\r\nX-Request-ID: refused-1\r\nContent-Length: {len(small)}\r\n\r\n")
-            sock.sendall(head.encode())  # headers only: the answer must not wait for the body
+            sock.sendall(infer_head("refused-1", len(small)))  # headers only: the answer must not wait for the body
             first = _read_response(sock)
             sock.sendall(small + b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
             second = _read_response(sock)
-        assert all(f.result()[0] == 200 for f in blockers)
     assert first.startswith(b"HTTP/1.1 503"), first
     assert re.search(rb"(?i)\r\nretry-after: 1\r\n", first) and re.search(rb"(?i)\r\nx-request-id: refused-1\r\n", first)
     assert b"connection: close" not in first.lower() and b"server busy" in first
@@ -260,24 +272,17 @@ def test_a_refusal_is_answered_before_the_body_and_keeps_a_small_request_s_conne
 def test_a_flood_of_refusals_is_counted_one_by_one_and_logged_at_most_ten_lines_a_second(small_server):
     """Under overload most requests are refusals: each is counted, but their access lines are
     rate-limited (writing one cost half the CPU of the refusal itself)."""
-    slow = heavy_body(6000)
     small = json.dumps(infer_request([Product("Lampe", "", png(32))])).encode()
     flood = 100
     refused_before = metric(small_server.url, "rakuten_requests_total", status="503")
     host, port = small_server.url.removeprefix("http://").split(":")
-    with ThreadPoolExecutor(4) as pool:
-        blockers = [pool.submit(post, infer_url(small_server.url), slow, JSON, 60) for _ in range(4)]
-        wait_until(lambda: metric(small_server.url, "rakuten_queued_rows") >= 4, 30, "admission full",
-                   interval=0.05)
+    with admission_held_full(small_server):
         started = time.monotonic()
         with socket.create_connection((host, int(port)), timeout=30) as sock:
             for i in range(flood):
-                sock.sendall((f"POST /v2/models/rakuten-classifier/infer HTTP/1.1\r\nHost: x\r\n"
-                              f"Content-Type: application/json\r\nX-Request-ID: flood-{i}\r\n"
-                              f"Content-Length: {len(small)}\r\n\r\n").encode() + small)
+                sock.sendall(infer_head(f"flood-{i}", len(small)) + small)
                 assert _read_response(sock).startswith(b"HTTP/1.1 503")
         seconds = time.monotonic() - started
-        assert all(f.result()[0] == 200 for f in blockers)
     assert metric(small_server.url, "rakuten_requests_total", status="503") - refused_before == flood
     logged = [line for line in small_server.logs().splitlines() if re.search(r"id=flood-\d+$", line)]
     windows = int(seconds) + 2  # the seconds of the clock the flood touched
