@@ -26,7 +26,7 @@ from uvicorn.server import ServerState as UvicornState  # noqa: E402
 from model_server import access  # noqa: E402
 from model_server.admission import Admission  # noqa: E402
 from model_server.auth import ApiKeys, RateLimiter  # noqa: E402
-from model_server.connections import Limits, protocol_class  # noqa: E402
+from model_server.connections import protocol_class  # noqa: E402
 from model_server.gate import Gate, ServerState  # noqa: E402
 from model_server.settings import Settings  # noqa: E402
 from rakuten_common.logs import FORMAT  # noqa: E402
@@ -67,10 +67,7 @@ def _protocol(settings: Settings):
     admission = Admission(1, 1 << 30, settings.model_name)
     admission.rows = 1  # full: every request is refused
     gate = Gate(None, settings, ServerState(lambda: None), admission, ApiKeys([], None), RateLimiter(0, 0))
-    limits = Limits(1000, 10.0, 16384, 100)
-    limits.probe_paths = frozenset(path.encode() for path in gate.probe_paths)
-    limits.probe, limits.refusal_path, limits.refuse = gate.fast_probe, gate.infer_path.encode(), gate.fast_refusal
-    config = uvicorn.Config(gate, http=protocol_class(limits), ws="none", lifespan="off", log_config=None,
+    config = uvicorn.Config(gate, http=protocol_class(gate.connection_limits()), ws="none", lifespan="off", log_config=None,
                             access_log=False, loop="none")
     config.load()
     return config.http_protocol_class(config=config, server_state=UvicornState(), app_state={})

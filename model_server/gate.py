@@ -31,7 +31,7 @@ from prometheus_client import REGISTRY, exposition
 from model_server import access, metrics
 from model_server.admission import TIMEOUT_HEADER, Admission, Deadline, Overloaded, Ticket, parse_timeout
 from model_server.auth import ApiKeys, RateLimiter, credential
-from model_server.connections import FastAnswer
+from model_server.connections import FastAnswer, Limits
 from model_server.preparation import Incoming
 from model_server.settings import Settings
 
@@ -147,6 +147,17 @@ class Gate:
         if reason is not None:
             body["error"] = reason
         return (200 if reason is None else 503), body
+
+    def connection_limits(self) -> Limits:
+        """The HTTP protocol's limits (``--max_connections`` & co.), answering probes and refusals
+        through this gate."""
+        settings = self.settings
+        limits = Limits(settings.max_connections, settings.header_timeout_seconds, settings.max_header_bytes,
+                        settings.max_headers)
+        limits.probe_paths = frozenset(path.encode() for path in self.probe_paths)
+        limits.probe, limits.refuse = self.fast_probe, self.fast_refusal
+        limits.refusal_path = self.infer_path.encode()
+        return limits
 
     def fast_probe(self, path: str, headers: list) -> FastAnswer:
         """A probe answered by the HTTP protocol itself (``model_server.connections``)."""

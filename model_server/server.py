@@ -27,7 +27,7 @@ from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from model_server.admission import Admission
 from model_server.app import build_app
 from model_server.auth import ApiKeys, RateLimiter
-from model_server.connections import Limits, protocol_class
+from model_server.connections import protocol_class
 from model_server.gate import Gate, ServerState
 from model_server.settings import Settings
 
@@ -92,13 +92,8 @@ class ModelServer:
 
             start_http_server(settings.metrics_port)
             logger.info("Serving /metrics on port %d", settings.metrics_port)
-        limits = Limits(settings.max_connections, settings.header_timeout_seconds, settings.max_header_bytes,
-                        settings.max_headers)
-        limits.probe_paths = frozenset(path.encode() for path in self.gate.probe_paths)
-        limits.probe = self.gate.fast_probe
-        limits.refusal_path = self.gate.infer_path.encode()
-        limits.refuse = self.gate.fast_refusal
-        config = uvicorn.Config(self.gate, host="0.0.0.0", port=settings.http_port, http=protocol_class(limits),
+        config = uvicorn.Config(self.gate, host="0.0.0.0", port=settings.http_port,
+                                http=protocol_class(self.gate.connection_limits()),
                                 ws="none", lifespan="off", log_config=None, access_log=False, server_header=False,
                                 timeout_keep_alive=settings.timeout_keep_alive, loop="none",
                                 timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout_seconds)))
