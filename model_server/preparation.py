@@ -60,6 +60,7 @@ class Prepared:
     descriptions: list[str] = field(default_factory=list)  # raw, for the drift features
     infos: list[ImageInfo] = field(default_factory=list)    # each image's header facts
     drift: Observation | None = None
+    products: Products | None = None  # the validated request, for inference capture
 
 
 def _rejected(index: int, exc: ImageError) -> RequestRejected:
@@ -117,7 +118,8 @@ def prepare_units(job: Job, incoming: Incoming, limits: RequestLimits, num_class
         job.add([heavy(lambda i=i: product(i)) if costs[i] > HEAVY_PIXELS else (lambda i=i: product(i))
                  for i in range(n)])
     return Prepared(request, {"text": texts, "image": images}, products.top_k, request.id or incoming.request_id,
-                    incoming.deadline, incoming.ticket, descriptions=products.descriptions, infos=infos)
+                    incoming.deadline, incoming.ticket, descriptions=products.descriptions, infos=infos,
+                    products=products)
 
 
 def prepare(products: Products, image_size: int, image_limits: ImageLimits) -> dict[str, np.ndarray]:
