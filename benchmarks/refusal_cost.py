@@ -27,7 +27,7 @@ from model_server import access  # noqa: E402
 from model_server.admission import Admission  # noqa: E402
 from model_server.auth import ApiKeys, RateLimiter  # noqa: E402
 from model_server.connections import protocol_class  # noqa: E402
-from model_server.gate import Gate, ServerState  # noqa: E402
+from model_server.request_gate import Gate, ServerState  # noqa: E402
 from model_server.settings import Settings  # noqa: E402
 from rakuten_common.logs import FORMAT  # noqa: E402
 

@@ -28,8 +28,15 @@ from locust.runners import MasterRunner, WorkerRunner
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, wherever locust runs from
 
 from loadtests import thresholds  # noqa: E402
-from loadtests.products import (PAYLOADS, SHIFTS, RequestPool, check_answer, load_products,  # noqa: E402
-                                parse_shifts, shifted_products)
+from loadtests.products import (  # noqa: E402
+    PAYLOADS,
+    SHIFTS,
+    RequestPool,
+    check_answer,
+    load_products,
+    parse_shifts,
+    shifted_products,
+)
 from loadtests.profiles import SHAPES  # noqa: E402
 from loadtests.shapes import LoadProfile  # noqa: E402,F401 - Locust picks up the shape class
 from rakuten_common.bundle import MODEL_NAME  # noqa: E402

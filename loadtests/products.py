@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from rakuten_common.v2_client import Product, binary_infer_request, infer_request
 from rakuten_common.data_layout import TEST, TRAIN
 from rakuten_common.labels import PRDTYPECODES, TRAIN_COUNTS
 from rakuten_common.synthetic import CLASS_INFO, FAMILIES, make_image, make_text
+from rakuten_common.v2_client import Product, binary_infer_request, infer_request
 
 PAYLOADS = ("base64", "binary")
 JSON_HEADERS = {"Content-Type": "application/json"}

@@ -29,8 +29,8 @@ from model_server import access, errors, metrics
 from model_server.admission import Deadline, DeadlineExceeded, Ticket
 from model_server.auth import credential
 from model_server.codec import malformed
-from model_server.gate import request_id_from
 from model_server.preparation import Incoming
+from model_server.request_gate import request_id_from
 
 
 def request_from_grpc(request: pb.ModelInferRequest) -> InferRequest:

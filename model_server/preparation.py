@@ -16,12 +16,26 @@ from kserve.protocol.infer_type import InferRequest
 
 from model_server.admission import Deadline, Ticket
 from model_server.binary import decode_binary_request
-from model_server.codec import Products, RequestRejected, decode_request, parse_json, request_from_json
+from model_server.codec import (
+    Products,
+    RequestRejected,
+    decode_request,
+    parse_json,
+    request_from_json,
+)
 from model_server.drift import Observation
 from model_server.pool import Job, heavy
 from model_server.settings import RequestLimits
-from rakuten_common.preprocessing import (ImageError, ImageInfo, ImageLimits, decode_cost, decode_image,
-                                          decode_image_pixels, open_image, product_text)
+from rakuten_common.preprocessing import (
+    ImageError,
+    ImageInfo,
+    ImageLimits,
+    decode_cost,
+    decode_image,
+    decode_image_pixels,
+    open_image,
+    product_text,
+)
 
 
 @dataclass

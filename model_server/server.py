@@ -5,7 +5,7 @@ limits), mounts the repository API on REST and gRPC, and stops ~0.1 s after SIGT
 failing readiness first. Here the same parts (``DataPlane``, ``ModelRepository``, V2
 endpoints, gRPC servicer) are composed with:
 
-- the gate (``model_server.gate``) and the guarded HTTP protocol (``model_server.connections``);
+- the gate (``model_server.request_gate``) and the guarded HTTP protocol (``model_server.connections``);
 - the repository API only with ``--enable_repository_api``;
 - ``/metrics`` on its own port and thread with ``--metrics_port``;
 - on SIGTERM (or SIGINT): readiness fails at once (REST and gRPC), requests are served for
@@ -28,7 +28,7 @@ from model_server.admission import Admission
 from model_server.app import build_app
 from model_server.auth import ApiKeys, RateLimiter
 from model_server.connections import protocol_class
-from model_server.gate import Gate, ServerState
+from model_server.request_gate import Gate, ServerState
 from model_server.settings import Settings
 
 logger = logging.getLogger("rakuten.model_server")

@@ -159,3 +159,10 @@ def from_args(cls: type, args: argparse.Namespace, **extra: Any):
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
               if "option" in f.metadata and hasattr(args, f.name)}
     return cls(**values, **extra)
+
+
+def from_environment(cls: type, **extra: Any):
+    """``cls`` with each option from its environment variable, else its default (no command line)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_options(parser, cls)
+    return from_args(cls, parser.parse_args([]), **extra)

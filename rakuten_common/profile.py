@@ -36,6 +36,7 @@ from typing import Sequence
 
 import numpy as np
 
+from rakuten_common.errors import ProfileError
 from rakuten_common.preprocessing import ImageInfo
 
 PROFILE_FORMAT = "rakuten-reference-profile/1"
@@ -48,10 +49,6 @@ IMAGE_SAMPLE_SIDE = 16
 #: Quantiles of the validation top-1 confidence kept in the profile (0 %, 1 %, ..., 100 %).
 CONFIDENCE_QUANTILES = 101
 IMAGE_FORMAT_CODES = {"JPEG": 0, "PNG": 1, "WEBP": 2}  # anything else: 3
-
-
-class ProfileError(ValueError):
-    """A reference profile that is malformed or does not match its model."""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import pytest
 # KServe parses sys.argv when it is first imported: pytest's own flags (-m, -k ...) must not reach it.
 _argv, sys.argv = sys.argv, sys.argv[:1]
 import kserve  # noqa: E402,F401
+
 sys.argv = _argv
 
 from tests.servers import REPO, start_model_server, start_s3_server

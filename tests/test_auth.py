@@ -17,8 +17,8 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 from PIL import Image
 
 from model_server.auth import ApiKeys, RateLimiter, credential
-from rakuten_common.v2_client import Product, infer_request, infer_url, post
 from rakuten_common.processes import free_port
+from rakuten_common.v2_client import Product, infer_request, infer_url, post
 from tests.helm import by_kind, one, render, tools  # noqa: F401 - tools is a fixture
 from tests.servers import start_model_server
 

@@ -18,7 +18,13 @@ import pytest
 
 from benchmarks.serving.closed_loop import write_requests
 from benchmarks.serving.metrics import Scrape, dropped_work, load_phases, model_rows
-from benchmarks.serving.open_loop import Record, arrival_times, drive, run_open_loop, summarise
+from benchmarks.serving.open_loop import (
+    Record,
+    arrival_times,
+    drive,
+    run_open_loop,
+    summarise,
+)
 from benchmarks.serving.watch import Watch
 from loadtests.products import Encoded
 

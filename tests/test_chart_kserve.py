@@ -13,9 +13,19 @@ import kubernetes.client
 import pytest
 import yaml
 
-from tests.helm import (CHART, SCENARIO_IDS, by_kind, one, render, rendered, run, server_container,  # noqa: F401
-                        template_args, tools)
 from tests.cluster_files import recipe
+from tests.helm import (  # noqa: F401
+    CHART,
+    SCENARIO_IDS,
+    by_kind,
+    one,
+    render,
+    rendered,
+    run,
+    server_container,
+    template_args,
+    tools,
+)
 from tests.servers import REPO
 
 pytestmark = pytest.mark.helm

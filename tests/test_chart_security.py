@@ -5,8 +5,18 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helm import (SCENARIO_IDS, by_kind, container, containers, matches, pod_views, render, rendered,  # noqa: F401
-                        tools, views_by_component)
+from tests.helm import (  # noqa: F401
+    SCENARIO_IDS,
+    by_kind,
+    container,
+    containers,
+    matches,
+    pod_views,
+    render,
+    rendered,
+    tools,
+    views_by_component,
+)
 from tests.netpol import Endpoint, address, allowed, pod
 
 pytestmark = pytest.mark.helm

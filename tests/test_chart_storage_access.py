@@ -14,8 +14,21 @@ import pytest
 from botocore.exceptions import ClientError
 
 from rakuten_common.processes import ServerProcess, free_port
-from tests.helm import (SCENARIO_IDS, by_kind, container, containers, env_of, one, pod_views, render, rendered,  # noqa: F401
-                        secret_refs, tools, views_by_component, volume_secrets)
+from tests.helm import (  # noqa: F401
+    SCENARIO_IDS,
+    by_kind,
+    container,
+    containers,
+    env_of,
+    one,
+    pod_views,
+    render,
+    rendered,
+    secret_refs,
+    tools,
+    views_by_component,
+    volume_secrets,
+)
 
 pytestmark = pytest.mark.helm
 

@@ -18,9 +18,9 @@ from rakuten_common.profile import INPUT_FEATURE_NAMES, ReferenceProfile
 from tests.conftest import BUCKET, run_training
 from training_job import sample_data
 from training_job.config import QualityConfig
-from training_job import image_cache
-from training_job.data_quality import check_dataset
-from training_job.dataset import load_dataset
+from training_job.data import image_cache
+from training_job.data.dataset import load_dataset
+from training_job.data.quality import check_dataset
 
 
 def rewrite_labels(data_dir, changes: dict[int, str]) -> None:

@@ -10,8 +10,8 @@ import pytest
 from rakuten_common.labels import PRDTYPECODES, TRAIN_COUNTS
 from rakuten_common.preprocessing import clean_text
 from training_job import sample_data
-from training_job.dataset import DatasetError, load_dataset
-from training_job.splits import stratified_split
+from training_job.data.dataset import DatasetError, load_dataset
+from training_job.training.splits import stratified_split
 
 
 def test_layout_is_the_real_one(sample_dir):

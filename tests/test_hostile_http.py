@@ -17,7 +17,14 @@ import pytest
 from PIL import Image
 
 from rakuten_common.processes import wait_until
-from rakuten_common.v2_client import Product, binary_infer_request, infer_request, infer_url, parse_response, post
+from rakuten_common.v2_client import (
+    Product,
+    binary_infer_request,
+    infer_request,
+    infer_url,
+    parse_response,
+    post,
+)
 from tests.servers import start_model_server
 
 pytestmark = pytest.mark.e2e

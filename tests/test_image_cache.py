@@ -13,7 +13,7 @@ from PIL import Image
 
 from rakuten_common.preprocessing import decode_image
 from tests.servers import REPO
-from training_job import image_cache
+from training_job.data import image_cache
 
 
 def photos(folder, count: int, size: int = 500):
@@ -63,8 +63,8 @@ PEAK_RSS = textwrap.dedent("""
     import resource, sys
     from pathlib import Path
     import numpy as np
-    from training_job import image_cache
-    from training_job.inputs import batches
+    from training_job.data import image_cache
+    from training_job.training.inputs import batches
     from tests.test_image_cache import photos
     rows, workdir = int(sys.argv[1]), Path(sys.argv[2])
     paths = photos(workdir / "images", rows)

@@ -27,10 +27,16 @@ from pathlib import Path
 import boto3
 import pytest
 
-from rakuten_common.v2_client import Product, infer_request, infer_url, parse_response, post
 from rakuten_common.labels import PRDTYPECODES
-from tests.conftest import BUCKET
 from rakuten_common.processes import free_port, http_ok, wait_until
+from rakuten_common.v2_client import (
+    Product,
+    infer_request,
+    infer_url,
+    parse_response,
+    post,
+)
+from tests.conftest import BUCKET
 from tests.servers import REPO
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(2400)]

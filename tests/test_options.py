@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from rakuten_common.env import env_bool, env_default, parse_bool
+from rakuten_common.env import env_bool, parse_bool
 from rakuten_common.options import HelpFormatter, add_options, from_args, option
 from tests.servers import REPO
 
@@ -26,12 +26,11 @@ def test_parse_bool_refuses_anything_else(text):
         parse_bool(text)
 
 
-def test_env_bool_and_env_default_read_false_as_false(monkeypatch):
+def test_env_bool_reads_false_as_false_and_empty_as_the_default(monkeypatch):
     monkeypatch.setenv("FLAG", "false")
-    assert env_bool("FLAG", True) is False
-    assert env_default("FLAG", True) is False  # the old bug: bool("false") is True
+    assert env_bool("FLAG", True) is False  # the old bug: bool("false") is True
     monkeypatch.setenv("FLAG", "")
-    assert env_default("FLAG", True) is True
+    assert env_bool("FLAG", True) is True
     monkeypatch.setenv("FLAG", "perhaps")
     with pytest.raises(ValueError, match="FLAG"):
         env_bool("FLAG", False)

@@ -10,16 +10,22 @@ import re
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from rakuten_common.v2_client import Product, binary_infer_request, infer_request, infer_url, parse_response, post
-from rakuten_common.labels import PRDTYPECODES, LabelMap
 from rakuten_common import synthetic
-from training_job.evaluation import classification_metrics
+from rakuten_common.labels import PRDTYPECODES, LabelMap
+from rakuten_common.v2_client import (
+    Product,
+    binary_infer_request,
+    infer_request,
+    infer_url,
+    parse_response,
+    post,
+)
+from training_job.training.evaluation import classification_metrics
 
 pytestmark = pytest.mark.e2e
 JSON = {"Content-Type": "application/json"}

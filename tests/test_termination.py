@@ -12,9 +12,9 @@ import urllib.request
 
 import grpc
 import pytest
-from PIL import Image
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+from PIL import Image
 
 from rakuten_common.processes import wait_until
 from rakuten_common.v2_client import Product, infer_request, infer_url, post

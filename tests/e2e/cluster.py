@@ -17,7 +17,6 @@ import yaml
 from rakuten_common.processes import wait_until
 from tests.servers import REPO
 
-
 #: NodePorts of the chart's kind scenario and kube-prometheus-stack, published by kind-config.yaml.
 MODEL_NODE_PORT, GRAFANA_NODE_PORT = 30080, 30300
 

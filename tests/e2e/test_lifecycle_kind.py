@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from rakuten_common.model_uri import registry_storage_uri
-from training_job.smoke import call
+from training_job.promotion.smoke import call
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = REPO / ".tools" / "bin"

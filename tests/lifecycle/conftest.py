@@ -95,7 +95,7 @@ def promote(env: dict[str, str], *args: str, workdir: Path | None = None, timeou
 
 def served_version(url: str) -> str:
     """The ``model_version`` a server at ``url`` answers with (the rollout's own smoke call)."""
-    from training_job.smoke import call
+    from training_job.promotion.smoke import call
 
     version, problem = call(url)
     assert version, problem

@@ -141,8 +141,8 @@ def test_a_promotion_judged_against_another_champion_changes_nothing(good_versio
                                                                      s3_env, monkeypatch):
     """Two promotions at once: the one finding the champion moved since it judged stops (exit 1 in the
     command) instead of overwriting the other's decision. Called in process to hold the race still."""
-    from training_job.lifecycle import make_champion
-    from training_job.registry import Registry, RegistryError
+    from training_job.promotion.flow import make_champion
+    from training_job.training.registry import Registry, RegistryError
 
     for name, value in lifecycle_env.items():
         monkeypatch.setenv(name, value)

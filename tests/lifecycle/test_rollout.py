@@ -23,8 +23,8 @@ from rakuten_common.bundle import Manifest
 from tests.conftest import BUCKET
 from tests.lifecycle.conftest import ROLLOUT_API, promote
 from tests.lifecycle.kube_standin import ANNOTATION, StandInCluster
-from training_job.registry import Registry
-from training_job.smoke import call
+from training_job.promotion.smoke import call
+from training_job.training.registry import Registry
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 PREFIX = f"s3://{BUCKET}/rollout"

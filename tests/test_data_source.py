@@ -9,8 +9,8 @@ from rakuten_common.data_layout import TRAIN
 from rakuten_common.storage import StorageError
 from tests.conftest import DATASETS_BUCKET, run_module, run_training
 from training_job import sample_data
-from training_job.data_source import local_dataset
-from training_job.dataset import DatasetError, load_dataset
+from training_job.data.dataset import DatasetError, load_dataset
+from training_job.data.source import local_dataset
 from training_job.upload_data import upload_dataset
 
 pytestmark = pytest.mark.e2e

@@ -9,8 +9,8 @@ API; without it they load the champion pointer's version). A rollout therefore i
    patch also sets ``canaryTrafficPercent``: the new revision gets that share of the traffic,
    is smoke-tested, then a second patch removes the field (100 %).
 2. Wait, bounded by ``rollout_timeout``, until the new pods are Ready and no old one is left
-   (``training_job.kserve_status``); a pod that cannot start fails the rollout at once.
-3. A V2 smoke call must answer with the new ``model_version`` (``training_job.smoke``).
+   (``training_job.promotion.kserve_status``); a pod that cannot start fails the rollout at once.
+3. A V2 smoke call must answer with the new ``model_version`` (``training_job.promotion.smoke``).
 
 A failed step is reported; ``training_job.promote`` then restores the previous champion
 (registry alias and pointer) and calls ``restore`` with the previous annotation. Each outcome is
@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from rakuten_common.errors import RakutenError
 from rakuten_common.options import option
-from training_job import kserve_status, smoke
-from training_job.kserve_status import ANNOTATION, Progress
+from training_job.promotion import kserve_status, smoke
+from training_job.promotion.kserve_status import ANNOTATION, Progress
 
 logger = logging.getLogger("rakuten.rollout")
 
@@ -60,7 +61,7 @@ class RolloutConfig:
                                  help="seconds between two status reads")
 
 
-class RolloutError(RuntimeError):
+class RolloutError(RakutenError, RuntimeError):
     """The Kubernetes API refused or could not be reached."""
 
 

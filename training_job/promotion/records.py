@@ -13,8 +13,8 @@ import logging
 from dataclasses import dataclass
 
 from rakuten_common.champion import utc_now
-from training_job.gate import GatePolicy, Score
-from training_job.registry import RegisteredVersion, Registry
+from training_job.promotion.gate import GatePolicy, Score
+from training_job.training.registry import RegisteredVersion, Registry
 
 logger = logging.getLogger("rakuten.promote")
 

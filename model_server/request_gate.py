@@ -29,7 +29,14 @@ import orjson
 from prometheus_client import REGISTRY, exposition
 
 from model_server import access, metrics
-from model_server.admission import TIMEOUT_HEADER, Admission, Deadline, Overloaded, Ticket, parse_timeout
+from model_server.admission import (
+    TIMEOUT_HEADER,
+    Admission,
+    Deadline,
+    Overloaded,
+    Ticket,
+    parse_timeout,
+)
 from model_server.auth import ApiKeys, RateLimiter, credential
 from model_server.connections import FastAnswer, Limits
 from model_server.preparation import Incoming
