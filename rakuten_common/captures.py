@@ -31,6 +31,7 @@ from typing import Callable, Iterator
 
 import orjson
 
+from rakuten_common.errors import CaptureError
 from rakuten_common.preprocessing import product_text
 
 #: Version of the record layout, written in every line as ``"v"``.
@@ -59,10 +60,6 @@ _RECORDS_KEY = re.compile(
     rf"^{RECORDS_FOLDER}/date=(?P<day>\d{{4}}-\d{{2}}-\d{{2}})/(?P<pod>[0-9A-Za-z_][0-9A-Za-z_.-]*)-(?P<seq>\d+)\.jsonl\.gz$")
 _FIELDS = ("v", "request_id", "productid", "designation", "description", "text_sha256", "image_sha256",
            "model_version", "top_k", "time", "content")
-
-
-class CaptureError(ValueError):
-    """A capture record or file that cannot be used; the message names the problem."""
 
 
 class CaptureFileTruncated(CaptureError):
@@ -94,7 +91,7 @@ def pod_name() -> str:
     """This process's name in capture file names: ``$POD_NAME`` (downward API), else the host name,
     reduced to safe characters."""
     name = os.environ.get("POD_NAME", "").strip() or socket.gethostname() or "pod"
-    name = _POD_UNSAFE.sub("-", name).lstrip("._-")[:100]
+    name = _POD_UNSAFE.sub("-", name).lstrip("._-")[:80]  # + start time + seq: a key part stays <= 128
     return name or "pod"
 
 

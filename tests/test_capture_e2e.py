@@ -10,7 +10,6 @@ import json
 import signal
 from concurrent.futures import ThreadPoolExecutor
 
-import boto3
 import numpy as np
 import pytest
 
@@ -21,7 +20,7 @@ from rakuten_common.labels import PRDTYPECODES
 from rakuten_common.processes import free_port, wait_until
 from rakuten_common.storage import open_store
 from rakuten_common.v2_client import Product, binary_infer_request, infer_request, infer_url, parse_response, post
-from tests.servers import start_model_server
+from tests.support.servers import start_model_server
 from tests.test_admission import metric
 
 pytestmark = pytest.mark.e2e
@@ -48,8 +47,7 @@ def call(url: str, body) -> tuple[int, dict]:
 
 def new_bucket(s3) -> str:
     name = f"captures-{free_port()}"
-    boto3.client("s3", endpoint_url=s3.url, region_name="us-east-1", aws_access_key_id="testing",
-                 aws_secret_access_key="testing").create_bucket(Bucket=name)
+    s3.client().create_bucket(Bucket=name)
     return f"s3://{name}/serving"
 
 

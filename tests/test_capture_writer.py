@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import time
 
-import boto3
 import numpy as np
 import pytest
 from prometheus_client import REGISTRY
@@ -61,7 +60,7 @@ def read_all(store) -> list:
 @pytest.fixture
 def bucket(s3_env):
     name = f"captures-{time.monotonic_ns()}"
-    boto3.client("s3", endpoint_url=s3_env.url).create_bucket(Bucket=name)
+    s3_env.client().create_bucket(Bucket=name)
     return f"s3://{name}/prod"
 
 

@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from tests.helm import (CHART, by_kind, container, env_of, one, render, server_container, template_args,  # noqa: F401
-                        tools, views_by_component)
+from tests.support.helm import (CHART, by_kind, container, env_of, one, render, server_container, template_args,
+                                views_by_component)
 from tests.test_chart_storage_access import allowed, iam_s3, provision  # noqa: F401 - iam_s3 is a fixture
 
 pytestmark = pytest.mark.helm
@@ -31,14 +31,14 @@ def buckets(objects) -> list[str]:
     return env_of(container(views_by_component(objects)["minio-provisioning"][0], "mc"))["BUCKETS"].split()
 
 
-def test_capture_is_off_by_default(tools):  # noqa: F811
+def test_capture_is_off_by_default(tools):
     objects = render(tools)
     env = server_env(objects)
     assert not set(CAPTURE_ENV) & set(env)
     assert not any("s3:PutObject" in s["Action"] for s in predictor_policy(objects)["Statement"])
 
 
-def test_capture_is_on_in_the_kind_values(tools):  # noqa: F811
+def test_capture_is_on_in_the_kind_values(tools):
     objects = render(tools, KIND_VALUES)
     env = server_env(objects)
     assert env["CAPTURE_URI"]["value"] == "s3://rakuten-datasets/inference"
@@ -47,7 +47,7 @@ def test_capture_is_on_in_the_kind_values(tools):  # noqa: F811
     assert "rakuten-datasets" in buckets(objects)
 
 
-def test_values_reach_the_server_and_the_bucket_is_created(tools):  # noqa: F811
+def test_values_reach_the_server_and_the_bucket_is_created(tools):
     objects = render(tools, sets=["predictor.capture.uri=s3://shop-captures/eu", "predictor.capture.sampleRate=1",
                                   "predictor.capture.content=hashes"])
     env = server_env(objects)
@@ -64,14 +64,14 @@ def test_values_reach_the_server_and_the_bucket_is_created(tools):  # noqa: F811
     ({"content": "all"}, "full"),
     ({"uri": "http://minio:9000/captures"}, "does not match pattern"),
 ])
-def test_the_schema_refuses_bad_values(tools, tmp_path, capture, message):  # noqa: F811
+def test_the_schema_refuses_bad_values(tools, tmp_path, capture, message):
     values = tmp_path / "values.yaml"
     values.write_text(json.dumps({"predictor": {"capture": capture}}))  # JSON is YAML: numbers stay numbers
     done = subprocess.run([tools.helm, *template_args(values)], capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and message in done.stderr, done.stderr[-2000:]
 
 
-def test_the_predictor_may_only_create_objects_under_the_capture_prefix(tools, iam_s3):  # noqa: F811
+def test_the_predictor_may_only_create_objects_under_the_capture_prefix(tools, iam_s3):
     objects = render(tools, sets=["predictor.capture.uri=s3://rakuten-datasets/inference"])
     clients = provision(objects, iam_s3)
     predictor, training = clients["predictor"], clients["training"]
