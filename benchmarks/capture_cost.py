@@ -23,12 +23,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 
-from benchmarks.serving.closed_loop import run_client, write_requests  # noqa: E402
-from benchmarks.serving.common import log  # noqa: E402
-from benchmarks.serving.metrics import scrape  # noqa: E402
-from benchmarks.serving.servers import running_model_server, s3_api_server  # noqa: E402
-from benchmarks.serving.settings import CommonSettings, float_list, parse  # noqa: E402
-from rakuten_common.options import AT_LEAST_ONE, option  # noqa: E402
+from benchmarks.serving.closed_loop import run_client, write_requests
+from benchmarks.serving.common import log
+from benchmarks.serving.metrics import scrape
+from benchmarks.serving.servers import running_model_server, s3_api_server
+from benchmarks.serving.settings import CommonSettings, float_list, parse
+from rakuten_common.options import AT_LEAST_ONE, option
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class CaptureCostSettings(CommonSettings):
     capture_content: str = option("full", choices=("full", "hashes"), help="--capture_content of the servers")
     products: int = option(1000, help="distinct products (images new to each server until all were sent)")
 
-    def resolved(self) -> "CaptureCostSettings":
+    def resolved(self) -> CaptureCostSettings:
         """``--quick``: one short round, a smoke check."""
         return replace(self, duration=3.0, warmup=1.0, rounds=1, products=64) if self.quick else self
 

@@ -25,12 +25,21 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from model_server import metrics
 from model_server.settings import CaptureSettings
-from rakuten_common.captures import (CONTENT_HASHES, CaptureError, CaptureRecord, image_key, image_sha256,
-                                     pod_name, records_key, text_sha256, write_capture_file)
+from rakuten_common.captures import (
+    CONTENT_HASHES,
+    CaptureError,
+    CaptureRecord,
+    image_key,
+    image_sha256,
+    pod_name,
+    records_key,
+    text_sha256,
+    write_capture_file,
+)
 from rakuten_common.logs import RateLimitedLog
 from rakuten_common.storage import KeyExists, S3Store, StorageError, Store, open_store, s3_client, split_s3_uri
 
@@ -64,7 +73,7 @@ class Sampled:
 
 
 def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def open_capture_store(uri: str) -> Store:
@@ -85,7 +94,7 @@ class CaptureWriter:
                  clock=time.monotonic):
         self.store, self.settings, self._clock = store, settings, clock
         # The pod name and this process's start: a restarted container never reuses a file name.
-        self.name = name or f"{pod_name()}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"
+        self.name = name or f"{pod_name()}-{datetime.now(UTC):%Y%m%dT%H%M%S}"
         self._seq = 0
         self._pending: list[Sampled] = []
         self._pending_bytes = 0   # of _pending
@@ -163,7 +172,8 @@ class CaptureWriter:
                     return None
                 else:
                     self._cond.wait()
-            batch, size = [], 0
+            batch: list[Sampled] = []
+            size = 0
             for item in self._pending:
                 if batch and (len(batch) >= self.settings.file_records or size >= FILE_BYTES):
                     break
@@ -191,7 +201,7 @@ class CaptureWriter:
             request_id=item.request_id, productid=item.productid,
             designation=None if hashes else item.designation, description=None if hashes else item.description,
             text_sha256=text_sha256(item.designation, item.description), image_sha256=image_sha256(item.image),
-            model_version=item.model_version, top_k=[(code, min(1.0, max(0.0, p))) for code, p in item.top_k],
+            model_version=item.model_version, top_k=tuple((code, min(1.0, max(0.0, p))) for code, p in item.top_k),
             time=_iso(item.time), content=self.settings.content)
 
     def _write(self, batch: list[Sampled]) -> None:

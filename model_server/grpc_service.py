@@ -33,7 +33,6 @@ from model_server.codec import malformed
 from model_server.preparation import Incoming
 from model_server.request_gate import request_id_from
 
-
 #: Typed INT64 values read from one input (``productid`` holds one per product).
 MAX_INT64_CONTENTS = 65536
 

@@ -25,9 +25,9 @@ import os
 import re
 import socket
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Callable, Iterator
+from datetime import UTC, datetime
 
 import orjson
 
@@ -84,7 +84,7 @@ def image_sha256(data: bytes) -> str:
 
 def utc_now() -> str:
     """The current UTC time as a record's ``time`` (``2026-12-03T17:32:10.123Z``)."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def pod_name() -> str:
@@ -159,7 +159,7 @@ def _check_sha(value, name: str) -> None:
 def _top_k(value) -> tuple[tuple[int, float], ...]:
     if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= MAX_TOP_K:
         raise CaptureError(f"top_k must be a list of 1 to {MAX_TOP_K} [prdtypecode, probability] pairs")
-    pairs = []
+    pairs: list[tuple[int, float]] = []
     for index, pair in enumerate(value):
         if not isinstance(pair, (list, tuple)) or len(pair) != 2:
             raise CaptureError(f"top_k[{index}] must be a [prdtypecode, probability] pair")

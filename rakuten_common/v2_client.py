@@ -29,7 +29,7 @@ class Product:
 def infer_request(products: list[Product], top_k: int = 1, request_id: str | None = None) -> dict:
     """The JSON body of a V2 inference request, images in base64."""
     n = len(products)
-    body = {
+    body: dict = {
         "inputs": [
             {"name": "designation", "datatype": "BYTES", "shape": [n], "data": [p.designation for p in products]},
             {"name": "description", "datatype": "BYTES", "shape": [n], "data": [p.description for p in products]},

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from model_server.capture import Capture, CaptureWriter, Sampled, open_capture_store
+from model_server.capture import Capture, CaptureWriter, open_capture_store
 from model_server.codec import Products
 from model_server.settings import CaptureSettings
 from rakuten_common import captures

@@ -9,8 +9,16 @@ import orjson
 import pytest
 
 from rakuten_common import captures
-from rakuten_common.captures import (CaptureError, CaptureFileTruncated, CaptureRecord, image_key,
-                                     parse_records_key, read_capture_file, records_key, write_capture_file)
+from rakuten_common.captures import (
+    CaptureError,
+    CaptureFileTruncated,
+    CaptureRecord,
+    image_key,
+    parse_records_key,
+    read_capture_file,
+    records_key,
+    write_capture_file,
+)
 from rakuten_common.storage import validate_key
 
 

@@ -9,8 +9,17 @@ import subprocess
 
 import pytest
 
-from tests.support.helm import (CHART, by_kind, container, env_of, one, render, server_container, template_args,
-                                views_by_component)
+from tests.support.helm import (
+    CHART,
+    by_kind,
+    container,
+    env_of,
+    one,
+    render,
+    server_container,
+    template_args,
+    views_by_component,
+)
 from tests.test_chart_storage_access import allowed, iam_s3, provision  # noqa: F401 - iam_s3 is a fixture
 
 pytestmark = pytest.mark.helm
@@ -71,7 +80,7 @@ def test_the_schema_refuses_bad_values(tools, tmp_path, capture, message):
     assert done.returncode != 0 and message in done.stderr, done.stderr[-2000:]
 
 
-def test_the_predictor_may_only_create_objects_under_the_capture_prefix(tools, iam_s3):
+def test_the_predictor_may_only_create_objects_under_the_capture_prefix(tools, iam_s3):  # noqa: F811
     objects = render(tools, sets=["predictor.capture.uri=s3://rakuten-datasets/inference"])
     clients = provision(objects, iam_s3)
     predictor, training = clients["predictor"], clients["training"]
