@@ -243,9 +243,9 @@ def _labels(family) -> list[str]:
 
 
 def metric_rows() -> dict[str, list[tuple[str, str, list[str], str]]]:
+    import kserve.metrics  # noqa: F401  (registers KServe's stage histograms)
     from prometheus_client import REGISTRY
 
-    import kserve.metrics  # noqa: F401  (registers KServe's stage histograms)
     import model_server.metrics  # noqa: F401
 
     sections: dict[str, list] = {"ours": [], "drift": [], "kserve": []}

@@ -16,12 +16,12 @@ import tomllib
 import pytest
 import yaml
 
-from tests.cluster_files import versions
-from tests.helm import container, pod_views, render, tools  # noqa: F401  (tools: the helm fixture)
-from tests.servers import REPO
+from tests.support.cluster_files import versions
+from tests.support.helm import container, pod_views, render
+from tests.support.servers import REPO
 
 sys.path.insert(0, str(REPO / "scripts"))
-import gen_docs  # noqa: E402
+import gen_docs
 
 PAGES = sorted([REPO / "README.md", *(REPO / "docs").rglob("*.md")])
 OURS = ("rakuten_common", "training_job", "model_server")
@@ -133,6 +133,7 @@ def help_flags(module: str) -> frozenset[str]:
     return frozenset(re.findall(r"(?<![\w-])(--[a-z][a-z0-9_-]*)", done.stdout))
 
 
+@pytest.mark.process
 def test_python_modules_named_in_the_docs_exist_with_their_flags():
     problems = []
     for page, module, rest in python_commands():
@@ -148,6 +149,7 @@ def test_python_modules_named_in_the_docs_exist_with_their_flags():
     assert not problems, problems
 
 
+@pytest.mark.process
 def test_server_flags_named_in_prose_exist():
     """A snake_case flag in a code span is the server's (model_server's flags follow KServe's names)."""
     server = help_flags("model_server")
@@ -359,38 +361,39 @@ def changed(path: str):
     return None
 
 
+#: Values every render below starts from: the optional containers on, data for batch predictions.
+BASE_SETS = ["batchPredict.enabled=true", "batchPredict.dataUri=s3://rakuten-datasets/rakuten",
+             "predictor.apiKeys.enabled=true"]
+
+
+def rendered_settings(tools, folder, prog: str, changes: dict[str, object]) -> tuple[dict, dict]:
+    """(env, ``--flag=value`` args) of ``prog``'s container, rendered with ``changes`` to the values."""
+    values: dict = {}
+    for path, value in changes.items():  # a values file: --set would turn floats into strings
+        *parents, leaf = path.split(".")
+        functools.reduce(lambda node, key: node.setdefault(key, {}), parents, values)[leaf] = value
+    (folder / "values.yaml").write_text(yaml.safe_dump(values))
+    predicate, name = CONTAINERS[prog]
+    views = [v for v in pod_views(render(tools, folder / "values.yaml", sets=BASE_SETS)) if predicate(v)]
+    assert len(views) == 1, (prog, [v.where for v in views])
+    target = container(views[0], name)
+    return ({e["name"]: e.get("value") for e in target.get("env", [])},
+            dict(a.split("=", 1) for a in target.get("args", []) if a.startswith("--") and "=" in a))
+
+
 @pytest.mark.helm
-def test_chart_values_of_the_options_reference_set_those_options(tools, tmp_path):
-    """Each chart value the reference names as setting an option directly, changed, changes exactly that
-    env variable or flag of the command's container in `helm template`."""
-    checked = 0
-    for command in gen_docs.COMMANDS:
-        rows = gen_docs.option_rows(command)
-        settings = gen_docs.chart_settings(command, {r.flag for r in rows} | {e for r in rows for e in r.env})
-        direct = {name: s.paths[0] for name, s in settings.items() if s.direct and changed(s.paths[0]) is not None}
-        assert direct or command.prog == "python -m training_job.promote", command.prog
-        base = ["batchPredict.enabled=true", "batchPredict.dataUri=s3://rakuten-datasets/rakuten",
-                "predictor.apiKeys.enabled=true"]
-        predicate, name = CONTAINERS[command.prog]
-
-        def rendered(changes: dict[str, object]) -> tuple[dict, dict]:
-            values: dict = {}
-            for path, value in changes.items():  # a values file: --set would make floats strings
-                *parents, leaf = path.split(".")
-                functools.reduce(lambda node, key: node.setdefault(key, {}), parents, values)[leaf] = value
-            (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
-            views = [v for v in pod_views(render(tools, tmp_path / "values.yaml", sets=base)) if predicate(v)]
-            assert len(views) == 1, (command.prog, [v.where for v in views])
-            target = container(views[0], name)
-            return ({e["name"]: e.get("value") for e in target.get("env", [])},
-                    dict(a.split("=", 1) for a in target.get("args", []) if a.startswith("--") and "=" in a))
-
-        together = rendered({path: changed(path) for path in direct.values()})
-        for setting, path in direct.items():
-            env, args = together
-            if (args if setting.startswith("--") else env).get(setting) is None:
-                env, args = rendered({path: changed(path)})  # set only under another value's condition
-            value = args.get(setting) if setting.startswith("--") else env.get(setting)
-            assert value == str(changed(path)), f"{command.prog} {setting}: {path}={changed(path)} rendered {value!r}"
-            checked += 1
-    assert checked >= 20, checked
+@pytest.mark.parametrize("command", gen_docs.COMMANDS, ids=lambda c: c.prog.removeprefix("python -m "))
+def test_chart_values_of_the_options_reference_set_those_options(tools, tmp_path, command):
+    """Each chart value the reference names as setting an option directly, changed, sets that env
+    variable or flag of the command's container in `helm template` to the new value."""
+    rows = gen_docs.option_rows(command)
+    settings = gen_docs.chart_settings(command, {r.flag for r in rows} | {e for r in rows for e in r.env})
+    direct = {name: s.paths[0] for name, s in settings.items() if s.direct and changed(s.paths[0]) is not None}
+    assert len(direct) >= 3, (command.prog, direct)
+    together = rendered_settings(tools, tmp_path, command.prog, {path: changed(path) for path in direct.values()})
+    for setting, path in direct.items():
+        env, args = together
+        if (args if setting.startswith("--") else env).get(setting) is None:  # set only under another condition
+            env, args = rendered_settings(tools, tmp_path, command.prog, {path: changed(path)})
+        value = args.get(setting) if setting.startswith("--") else env.get(setting)
+        assert value == str(changed(path)), f"{command.prog} {setting}: {path}={changed(path)} rendered {value!r}"
