@@ -42,19 +42,20 @@ class Command:
     title: str
     prog: str
     parser: str            # module:function building its argparse parser
-    templates: tuple[str, ...]  # chart templates of the container running it (relative to templates/)
+    container: str         # the module the chart's container runs (python -m ...): where its settings are
     anchor: str
 
 
 COMMANDS = (
-    Command("Model server", "python -m model_server", "model_server.settings:build_parser",
-            ("predictor/inferenceservice.yaml",), "model-server"),
-    Command("Training job", "python -m training_job", "training_job.__main__:build_parser",
-            ("training/_pod.tpl", "training/_promotion.tpl"), "training-job"),
+    Command("Model server", "python -m model_server", "model_server.settings:build_parser", "model_server",
+            "model-server"),
+    Command("Training job", "python -m training_job", "training_job.__main__:build_parser", "training_job",
+            "training-job"),
     Command("Batch predictions", "python -m training_job.batch_predict", "training_job.batch_predict:build_parser",
-            ("training/batch-predict-job.yaml",), "batch-predictions"),
-    Command("Promotion", "python -m training_job.promote", "training_job.promote:build_parser",
-            ("training/_pod.tpl", "training/_promotion.tpl"), "promotion"),
+            "training_job.batch_predict", "batch-predictions"),
+    # The promotion runs inside the training container (PROMOTE): its settings are that container's.
+    Command("Promotion", "python -m training_job.promote", "training_job.promote:build_parser", "training_job",
+            "promotion"),
 )
 
 
@@ -96,7 +97,9 @@ def bounds_of(spec, default) -> str:
 _VALUES = re.compile(r"(?<![\w$])\.Values\.([\w.]+)")
 _VAR_PATH = re.compile(r"\$(\w+)((?:\.\w+)*)")
 _ASSIGN = re.compile(r"\{\{-?\s*\$(\w+)\s*:=\s*(.+?)\s*-?\}\}")
-_DEFINE = re.compile(r'\{\{-?\s*define\s+"([^"]+)"\s*-?\}\}(.*?)\{\{-?\s*end\s*-?\}\}', re.S)
+#: A template action and its first word (``if``, ``end``, ``define``...); comments have none.
+_ACTION = re.compile(r"\{\{-?\s*(\w+)?.*?-?\}\}", re.S)
+_DEFINE_NAME = re.compile(r'define\s+"([^"]+)"')
 _INCLUDE = re.compile(r'include\s+"([^"]+)"')
 _ENV = re.compile(r"^\s*- name: ([A-Z][A-Z0-9_]*)\s*\n\s*value: (.+)$", re.M)
 #: A value that is exactly one chart value (through a variable or not), maybe converted.
@@ -111,10 +114,24 @@ class ChartSetting:
 
 
 def _defines() -> dict[str, str]:
+    """Every ``{{ define "name" }} ... {{ end }}`` of the chart's templates (nested blocks followed)."""
     defines = {}
-    for path in (CHART / "templates").rglob("*.tpl"):
-        for name, body in _DEFINE.findall(path.read_text()):
-            defines[name] = body
+    for path in sorted((CHART / "templates").rglob("*")):
+        if path.suffix not in (".yaml", ".tpl"):
+            continue
+        text, name, depth, start = path.read_text(), None, 0, 0
+        for action in _ACTION.finditer(text):
+            word = action.group(1)
+            if name is None:
+                if word == "define":
+                    name, depth, start = _DEFINE_NAME.search(action.group(0)).group(1), 1, action.end()
+                continue
+            if word in ("if", "range", "with", "define", "block"):
+                depth += 1
+            elif word == "end":
+                depth -= 1
+                if depth == 0:
+                    defines[name], name = text[start:action.start()], None
     return defines
 
 
@@ -149,12 +166,29 @@ def _variables(text: str) -> dict[str, str]:
     return variables
 
 
+def _chunks(command: Command) -> list[str]:
+    """The template texts of the command's container: the files that run it
+    (``command: ["python", "-m", "<module>"]``) and the defines they include, followed."""
+    marker = f'"-m", "{command.container}"]'
+    texts = [p.read_text() for p in sorted((CHART / "templates").rglob("*")) if p.suffix in (".yaml", ".tpl")]
+    chunks = [t for t in texts if marker in t]
+    defines, seen = _defines(), set()
+    pending = [name for chunk in chunks for name in _INCLUDE.findall(chunk)]
+    while pending:
+        name = pending.pop()
+        if name in seen or name not in defines:
+            continue
+        seen.add(name)
+        chunks.append(defines[name])
+        pending += _INCLUDE.findall(defines[name])
+    return chunks
+
+
 def chart_settings(command: Command, names: set[str]) -> dict[str, ChartSetting]:
     """Env variable or flag of ``names`` -> the chart values that set it in the command's container."""
     defines = _defines()
     settings: dict[str, ChartSetting] = {}
-    for template in command.templates:
-        text = (CHART / "templates" / template).read_text()
+    for text in _chunks(command):
         variables = _variables(text)
         for name, expr in [*_ENV.findall(text), *_ARG.findall(text)]:
             if name not in names or "{{" not in expr and not expr.startswith("$"):
@@ -246,7 +280,9 @@ def metric_rows() -> dict[str, list[tuple[str, str, list[str], str]]]:
     import kserve.metrics  # noqa: F401  (registers KServe's stage histograms)
     from prometheus_client import REGISTRY
 
-    import model_server.metrics  # noqa: F401
+    for path in sorted((REPO / "model_server").glob("*.py")):  # every module declaring collectors
+        if re.search(r"^[A-Z_]+ = (Counter|Gauge|Histogram|Summary)\(", path.read_text(), re.M):
+            importlib.import_module(f"model_server.{path.stem}")
 
     sections: dict[str, list] = {"ours": [], "drift": [], "kserve": []}
     seen = set()

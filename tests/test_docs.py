@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.support.cluster_files import versions
-from tests.support.helm import CHART, container, pod_views, render, run
+from tests.support.helm import CHART, containers, pod_views, render, run
 from tests.support.servers import REPO
 
 sys.path.insert(0, str(REPO / "scripts"))
@@ -335,18 +335,6 @@ def test_v2_contract_page_matches_the_codec():
 
 
 # -- the chart values of the options reference, against a real render ---------------------------------------
-#: Where each command runs in the rendered chart: a pod template predicate and its container.
-CONTAINERS = {
-    "python -m model_server": (lambda view: view.where.startswith("InferenceService/"), "kserve-container"),
-    "python -m training_job": (lambda view: view.where.startswith("Job/")
-                               and "rakuten-serving/job" not in view.labels and "train" in view.where, "train"),
-    "python -m training_job.promote": (lambda view: view.where.startswith("Job/")
-                                       and "rakuten-serving/job" not in view.labels and "train" in view.where, "train"),
-    "python -m training_job.batch_predict": (lambda view: view.labels.get("rakuten-serving/job") == "batch-predict"
-                                             and view.where.startswith("Job/"), "batch-predict"),
-}
-
-
 def changed(path: str):
     """Another valid value for ``path`` than its default (None: not worth changing)."""
     default = functools.reduce(lambda node, key: node[key], path.split("."), VALUES)
@@ -373,10 +361,13 @@ def rendered_settings(tools, folder, prog: str, changes: dict[str, object]) -> t
         *parents, leaf = path.split(".")
         functools.reduce(lambda node, key: node.setdefault(key, {}), parents, values)[leaf] = value
     (folder / "values.yaml").write_text(yaml.safe_dump(values))
-    predicate, name = CONTAINERS[prog]
-    views = [v for v in pod_views(render(tools, folder / "values.yaml", sets=BASE_SETS)) if predicate(v)]
-    assert len(views) == 1, (prog, [v.where for v in views])
-    target = container(views[0], name)
+    module = next(c.container for c in gen_docs.COMMANDS if c.prog == prog)
+    # the container running the module, in a Job or the InferenceService (a CronJob only repeats a Job)
+    found = [(view.where, c) for view in pod_views(render(tools, folder / "values.yaml", sets=BASE_SETS))
+             if view.where.split("/")[0] in ("Job", "InferenceService")
+             for c in containers(view.spec) if c.get("command") == ["python", "-m", module]]
+    assert len(found) == 1, (prog, [where for where, _ in found])
+    target = found[0][1]
     return ({e["name"]: e.get("value") for e in target.get("env", [])},
             dict(a.split("=", 1) for a in target.get("args", []) if a.startswith("--") and "=" in a))
 
