@@ -12,12 +12,28 @@ import subprocess
 import pytest
 import yaml
 
-from tests.fake_apiserver import CORE, KSERVE, PROMETHEUS_OPERATOR, Cluster, serving
-from tests.helm import (CHART, NAMESPACE, RELEASE, by_kind, container, containers, env_of, flag, matches, one,
-                        pod_views, predictor_pod_labels, render, run, server_container, template_args,
-                        tools, views_by_component)  # noqa: F401
-from tests.netpol import Endpoint, address, allowed, pod
-from training_job.kserve_status import ANNOTATION
+from tests.support.fake_apiserver import CORE, KSERVE, PROMETHEUS_OPERATOR, Cluster, serving
+from tests.support.helm import (
+    CHART,
+    NAMESPACE,
+    RELEASE,
+    by_kind,
+    container,
+    containers,
+    env_of,
+    flag,
+    matches,
+    one,
+    pod_views,
+    predictor_pod_labels,
+    render,
+    run,
+    server_container,
+    template_args,
+    views_by_component,
+)
+from tests.support.netpol import Endpoint, address, allowed, pod
+from training_job.promotion.kserve_status import ANNOTATION
 
 pytestmark = pytest.mark.helm
 

@@ -9,8 +9,8 @@ import re
 
 import pytest
 
-from tests.helm import CHART, containers, pod_views, render, tools  # noqa: F401
-from tests.servers import REPO
+from tests.support.helm import CHART, containers, pod_views, render
+from tests.support.servers import REPO
 
 pytestmark = pytest.mark.helm
 

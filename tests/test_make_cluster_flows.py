@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.cluster_files import CLUSTER_MK, DOCS, REPO, WORKFLOWS, code_of_markdown, load_workflow, recipe
+from tests.support.cluster_files import CLUSTER_MK, DOCS, REPO, WORKFLOWS, code_of_markdown, load_workflow, recipe
 
 pytestmark = pytest.mark.helm
 
@@ -86,12 +86,9 @@ def fetch_script() -> str:
 
 def test_fetch_predictions_script_downloads_the_newest_csv(s3, tmp_path):
     """The download half of `make fetch-predictions`, against the S3 stand-in (moto)."""
-    import boto3
+    from tests.support.s3 import DATASETS_BUCKET
 
-    from tests.conftest import DATASETS_BUCKET
-
-    client = boto3.client("s3", endpoint_url=s3.url, region_name="us-east-1", aws_access_key_id="testing",
-                          aws_secret_access_key="testing")
+    client = s3.client()
     prefix = f"s3://{DATASETS_BUCKET}/fetch-test/"
     script, out = fetch_script(), tmp_path / "results" / "predictions.csv"
 
