@@ -94,13 +94,14 @@ def bounds_of(spec, default) -> str:
 
 
 # -- chart values behind env variables and flags ------------------------------------------------------
-_VALUES = re.compile(r"(?<![\w$])\.Values\.([\w.]+)")
+_VALUES = re.compile(r"(?<!\w)\.Values\.([\w.]+)")
 _VAR_PATH = re.compile(r"\$(\w+)((?:\.\w+)*)")
 _ASSIGN = re.compile(r"\{\{-?\s*\$(\w+)\s*:=\s*(.+?)\s*-?\}\}")
 #: A template action and its first word (``if``, ``end``, ``define``...); comments have none.
 _ACTION = re.compile(r"\{\{-?\s*(\w+)?.*?-?\}\}", re.S)
 _DEFINE_NAME = re.compile(r'define\s+"([^"]+)"')
 _INCLUDE = re.compile(r'include\s+"([^"]+)"')
+_PARAM = re.compile(r"\$\.(?!Values\b|Release\b|Chart\b)(\w+)")
 _ENV = re.compile(r"^\s*- name: ([A-Z][A-Z0-9_]*)\s*\n\s*value: (.+)$", re.M)
 #: A value that is exactly one chart value (through a variable or not), maybe converted.
 _DIRECT = re.compile(r"\{\{-?\s*(\.Values|\$\w+)(?:\.\w+)+(?:\s*\|\s*(?:int64|int|quote|toString))*\s*-?\}\}")
@@ -140,9 +141,14 @@ def _paths(expr: str, variables: dict[str, str], defines: dict[str, str], depth:
     found: list[str] = []
     if depth > 4:
         return found
-    for match in re.finditer(rf"{_VALUES.pattern}|{_VAR_PATH.pattern}|{_INCLUDE.pattern}", expr):
-        values_path, var, tail, include = match.groups()
-        if values_path:
+    for match in re.finditer(rf"{_VALUES.pattern}|{_VAR_PATH.pattern}|{_INCLUDE.pattern}|{_PARAM.pattern}", expr):
+        values_path, var, tail, include, param = match.groups()
+        if param:  # `$.name` of a define: what its callers pass as "name" (dict "name" <expr>)
+            for path in sorted((CHART / "templates").rglob("*.yaml")):
+                text = path.read_text()
+                for passed in re.findall(rf'"{param}"\s+(\(include "[^"]+"[^)]*\)|\$\w+)', text):
+                    found += _paths(passed, _variables(text), defines, depth + 1)
+        elif values_path:
             found.append(values_path)
         elif var and var in variables:
             base = variables[var]
