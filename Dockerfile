@@ -84,7 +84,7 @@ RUN python -m compileall -q /app
 USER 10001:10001
 ARG GIT_COMMIT=unknown
 ARG VERSION=0.1.0
-# Logged to MLflow with every run (training_job/tracking.py).
+# Logged to MLflow with every run (training_job/training/tracking.py).
 ENV GIT_COMMIT=${GIT_COMMIT}
 LABEL org.opencontainers.image.title="rakuten-training-job" \
       org.opencontainers.image.description="Trains the Rakuten France product classifier, tracks it in MLflow and publishes a versioned model to S3" \

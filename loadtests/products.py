@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from rakuten_common.v2_client import Product, binary_infer_request, infer_request
 from rakuten_common.data_layout import TEST, TRAIN
 from rakuten_common.labels import PRDTYPECODES, TRAIN_COUNTS
 from rakuten_common.synthetic import CLASS_INFO, FAMILIES, make_image, make_text
+from rakuten_common.v2_client import Product, binary_infer_request, infer_request
 
 PAYLOADS = ("base64", "binary")
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -161,7 +161,7 @@ class RequestPool:
 
     @classmethod
     def build(cls, products: list[Product], top_k: int = 1, payload: str = "base64",
-              batch_sizes: tuple[int, int] = (2, 8), batches: int = 32, seed: int = 0) -> "RequestPool":
+              batch_sizes: tuple[int, int] = (2, 8), batches: int = 32, seed: int = 0) -> RequestPool:
         pool = cls(top_k, payload, mean_image_bytes=sum(len(p.image) for p in products) / len(products))
         pool.singles = [encode([p], top_k, payload) for p in products]
         rng = np.random.default_rng(seed + 1)

@@ -8,7 +8,7 @@ What differs from KServe 0.21's app:
 - the repository API (``/v2/repository/models/<name>/load|unload``) exists only with
   ``--enable_repository_api``: otherwise anyone could unload the model;
 - no V1 routes (this model speaks V2 only), no ``/docs``, no ``/openapi.json``;
-- health probes and ``/metrics`` are answered by the gate (``model_server.gate``);
+- health probes and ``/metrics`` are answered by the gate (``model_server.request_gate``);
 - errors are ``model_server.errors``' one-line answers and logs.
 """
 from __future__ import annotations
@@ -27,8 +27,8 @@ from starlette.responses import Response
 
 from model_server import errors
 from model_server.admission import Admission, DeadlineExceeded
-from model_server.gate import SCOPE_INCOMING
 from model_server.preparation import Incoming
+from model_server.request_gate import SCOPE_INCOMING
 
 BINARY_HEADER = "inference-header-content-length"
 

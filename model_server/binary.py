@@ -10,8 +10,6 @@ parses the framing itself, keeps image elements as ``bytes``, never expands a nu
 """
 from __future__ import annotations
 
-import struct
-
 from kserve.protocol.infer_type import InferRequest
 
 from model_server.codec import RequestRejected, malformed, parse_json, request_from_json
@@ -21,22 +19,6 @@ HEADER = "inference-header-content-length"
 
 def _framing(message: str) -> RequestRejected:
     return RequestRejected("malformed_binary", message)
-
-
-def split_bytes_elements(raw: bytes, name: str) -> list[bytes]:
-    """``[len:u32 LE][bytes]...`` -> list of bytes, refusing truncated framing."""
-    elements, offset, size = [], 0, len(raw)
-    while offset < size:
-        if offset + 4 > size:
-            raise _framing(f"binary data of input {name!r} ends inside an element length")
-        (length,) = struct.unpack_from("<I", raw, offset)
-        offset += 4
-        if offset + length > size:
-            raise _framing(f"binary data of input {name!r} announces a {length}-byte element "
-                           f"but only {size - offset} bytes remain")
-        elements.append(bytes(raw[offset:offset + length]))
-        offset += length
-    return elements
 
 
 def decode_binary_request(body: bytes, json_length: str, model_name: str) -> InferRequest:

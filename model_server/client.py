@@ -11,7 +11,13 @@ import sys
 from pathlib import Path
 
 from rakuten_common.bundle import MODEL_NAME
-from rakuten_common.v2_client import Product, infer_request, infer_url, parse_response, post
+from rakuten_common.v2_client import (
+    Product,
+    infer_request,
+    infer_url,
+    parse_response,
+    post,
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,11 +15,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import struct
 from dataclasses import dataclass
 
 import orjson
 from kserve.errors import InvalidInput
-from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput, to_http_parameters
+from kserve.protocol.infer_type import (
+    InferInput,
+    InferRequest,
+    RequestedOutput,
+    to_http_parameters,
+)
 
 from model_server.settings import RequestLimits
 
@@ -141,10 +147,20 @@ def _short(value, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _split_bytes_elements(raw: bytes, name: str) -> list[bytes]:
-    from model_server.binary import split_bytes_elements  # binary imports this module
-
-    return split_bytes_elements(raw, name)
+def split_bytes_elements(raw: bytes, name: str) -> list[bytes]:
+    """``[len:u32 LE][bytes]...`` -> list of bytes, refusing truncated framing."""
+    elements, offset, size = [], 0, len(raw)
+    while offset < size:
+        if offset + 4 > size:
+            raise RequestRejected("malformed_binary", f"binary data of input {name!r} ends inside an element length")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > size:
+            raise RequestRejected("malformed_binary", f"binary data of input {name!r} announces a {length}-byte element "
+                           f"but only {size - offset} bytes remain")
+        elements.append(bytes(raw[offset:offset + length]))
+        offset += length
+    return elements
 
 
 def _elements(tensor: InferInput, limits: RequestLimits) -> list:
@@ -164,7 +180,7 @@ def _elements(tensor: InferInput, limits: RequestLimits) -> list:
         raise RequestRejected("batch_too_large",
                               f"input {name!r} holds {n} products, this server accepts at most {limits.max_items}")
     raw = getattr(tensor, "_raw_data", None)
-    data = _split_bytes_elements(raw, name) if raw is not None else tensor.data
+    data = split_bytes_elements(raw, name) if raw is not None else tensor.data
     if data is None:
         raise RequestRejected("missing_data", f"input {name!r} has no data")
     if not isinstance(data, (list, tuple)):

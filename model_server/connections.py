@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -70,7 +71,7 @@ class Limits:
         self.max_headers = max_headers
         self.linger_bytes = linger_bytes
         self.linger_seconds = linger_seconds
-        self.idle: OrderedDict[int, "GuardedHttpToolsProtocol"] = OrderedDict()  # oldest first
+        self.idle: OrderedDict[int, GuardedHttpToolsProtocol] = OrderedDict()  # oldest first
         self.open = 0
         self.evicted = 0
         #: raw paths of GET requests answered at once, and the answerer: (path, headers) -> FastAnswer
@@ -92,7 +93,7 @@ class _LingeringTransport:
 
     __slots__ = ("_transport", "_protocol", "write")
 
-    def __init__(self, transport, protocol: "GuardedHttpToolsProtocol"):
+    def __init__(self, transport, protocol: GuardedHttpToolsProtocol):
         self._transport, self._protocol = transport, protocol
         self.write = transport.write
 

@@ -27,9 +27,9 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from prometheus_client.core import REGISTRY, GaugeMetricFamily
@@ -37,8 +37,18 @@ from prometheus_client.core import REGISTRY, GaugeMetricFamily
 from model_server.settings import DriftSettings
 from rakuten_common.bundle import PROFILE_FILE, load_profile, load_vocabulary
 from rakuten_common.preprocessing import ImageInfo
-from rakuten_common.profile import (CONFIDENCE, INPUT_FEATURE_NAMES, ProfileError, ReferenceProfile,
-                                    image_features, image_sample, is_blank, js_distance, psi, text_features)
+from rakuten_common.profile import (
+    CONFIDENCE,
+    INPUT_FEATURE_NAMES,
+    ProfileError,
+    ReferenceProfile,
+    image_features,
+    image_sample,
+    is_blank,
+    js_distance,
+    psi,
+    text_features,
+)
 
 logger = logging.getLogger("rakuten.model_server.drift")
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 from http import HTTPStatus
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-import orjson
-from starlette.responses import Response
 from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
 from starlette.exceptions import HTTPException
+from starlette.responses import Response
 
 from model_server.admission import DeadlineExceeded, Overloaded
 from rakuten_common.logs import RateLimitedLog

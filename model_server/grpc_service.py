@@ -29,8 +29,8 @@ from model_server import access, errors, metrics
 from model_server.admission import Deadline, DeadlineExceeded, Ticket
 from model_server.auth import credential
 from model_server.codec import malformed
-from model_server.gate import request_id_from
 from model_server.preparation import Incoming
+from model_server.request_gate import request_id_from
 
 
 def request_from_grpc(request: pb.ModelInferRequest) -> InferRequest:
@@ -127,7 +127,7 @@ class Servicer(InferenceServicer):
             code = grpc.StatusCode.CANCELLED
             self.server.admission.dropped("client_disconnected")
             raise
-        except Exception as exc:  # noqa: BLE001 - every error becomes a status
+        except Exception as exc:
             if isinstance(exc, aio.AbortError):
                 raise
             code = errors.grpc_status(exc)

@@ -28,11 +28,11 @@ from model_server.codec import RequestRejected
 from model_server.drift import DriftMonitor
 from model_server.pool import FairPool
 from model_server.preparation import Incoming, Prepared, prepare, prepare_units  # noqa: F401 - prepare: API
-from rakuten_common.runner import ModelRunner
 from model_server.settings import Settings
 from rakuten_common.artifacts import fetch
 from rakuten_common.bundle import load_bundle
 from rakuten_common.labels import LabelMap
+from rakuten_common.runner import ModelRunner
 
 logger = logging.getLogger("rakuten.model_server")
 

@@ -5,7 +5,7 @@ limits), mounts the repository API on REST and gRPC, and stops ~0.1 s after SIGT
 failing readiness first. Here the same parts (``DataPlane``, ``ModelRepository``, V2
 endpoints, gRPC servicer) are composed with:
 
-- the gate (``model_server.gate``) and the guarded HTTP protocol (``model_server.connections``);
+- the gate (``model_server.request_gate``) and the guarded HTTP protocol (``model_server.connections``);
 - the repository API only with ``--enable_repository_api``;
 - ``/metrics`` on its own port and thread with ``--metrics_port``;
 - on SIGTERM (or SIGINT): readiness fails at once (REST and gRPC), requests are served for
@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from typing import Any
 
 import uvicorn
 from kserve.model_repository import ModelRepository
@@ -28,7 +29,7 @@ from model_server.admission import Admission
 from model_server.app import build_app
 from model_server.auth import ApiKeys, RateLimiter
 from model_server.connections import protocol_class
-from model_server.gate import Gate, ServerState
+from model_server.request_gate import Gate, ServerState
 from model_server.settings import Settings
 
 logger = logging.getLogger("rakuten.model_server")
@@ -62,7 +63,7 @@ class ModelServer:
         app = build_app(self.dataplane, self.admission, self.repository_extension, settings.enable_latency_logging)
         self.gate = Gate(app, settings, self.state, self.admission, self.keys, self.limiter)
         self._http: _Uvicorn | None = None
-        self._grpc = None
+        self._grpc: Any = None  # grpc.aio.Server once started
         self._stopping: asyncio.Task | None = None
 
     def _not_ready_reason(self) -> str | None:

@@ -13,8 +13,19 @@ from pathlib import Path
 
 from rakuten_common.bundle import MODEL_NAME
 from rakuten_common.cpu import available_cpus
-from rakuten_common.options import (AT_LEAST_ONE, COUNT, NOT_NEGATIVE, PORT, POSITIVE, SHARE, HelpFormatter,
-                                    add_options, bounded, from_args, option)
+from rakuten_common.options import (
+    AT_LEAST_ONE,
+    COUNT,
+    NOT_NEGATIVE,
+    PORT,
+    POSITIVE,
+    SHARE,
+    HelpFormatter,
+    add_options,
+    bounded,
+    from_args,
+    option,
+)
 from rakuten_common.preprocessing import ImageLimits
 
 #: Thread pools default to the container's CPU limit (rakuten_common.cpu), not the node's cores;

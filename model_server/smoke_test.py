@@ -17,12 +17,18 @@ import sys
 import urllib.request
 from dataclasses import dataclass
 
-from rakuten_common.v2_client import Product, infer_request, infer_url, parse_response, post
 from rakuten_common.bundle import MODEL_NAME
 from rakuten_common.labels import PRDTYPECODES
 from rakuten_common.logs import configure_logging
 from rakuten_common.options import HelpFormatter, add_options, from_args, option
 from rakuten_common.processes import http_ok, wait_until
+from rakuten_common.v2_client import (
+    Product,
+    infer_request,
+    infer_url,
+    parse_response,
+    post,
+)
 
 logger = logging.getLogger("rakuten.smoke_test")
 INPUTS = ["description", "designation", "image"]

@@ -21,7 +21,6 @@ fall back: that fails (after bounded retries, see ``rakuten_common.storage``).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -31,7 +30,18 @@ from datetime import datetime
 from pathlib import Path
 
 from rakuten_common.bundle import MANIFEST_FILE, VERSION_PATTERN, Manifest
-from rakuten_common.storage import LocalStore, ProgressFn, StorageError, Store, inside, open_store, validate_key
+from rakuten_common.errors import ArtifactError
+from rakuten_common.jsondoc import load_object
+from rakuten_common.model_uri import resolve_model_uri
+from rakuten_common.storage import (
+    LocalStore,
+    ProgressFn,
+    StorageError,
+    Store,
+    inside,
+    open_store,
+    validate_key,
+)
 
 logger = logging.getLogger("rakuten.artifacts")
 
@@ -39,10 +49,6 @@ FALLBACK_POLICIES = ("previous", "none")
 #: Size bound of a manifest (a real one is about 1 KB).
 MAX_MANIFEST_BYTES = 1024 * 1024
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
-class ArtifactError(RuntimeError):
-    """A model version that is missing, incomplete, already present or fails verification."""
 
 
 def sha256_file(path: Path) -> str:
@@ -94,14 +100,7 @@ def read_manifest(text: str | bytes, where: str) -> Manifest:
     def bad(problem: str) -> ArtifactError:
         return ArtifactError(f"{MANIFEST_FILE} of {where} is corrupt: {problem}")
 
-    if len(text) > MAX_MANIFEST_BYTES:
-        raise bad(f"{len(text)} bytes, more than {MAX_MANIFEST_BYTES}")
-    try:
-        data = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise bad(f"not valid JSON ({exc}); truncated?") from None
-    if not isinstance(data, dict):
-        raise bad("not a JSON object")
+    data = load_object(text, MAX_MANIFEST_BYTES, bad)
     for key, kind in (("version", str), ("created_at", str), ("files", dict)):
         if not isinstance(data.get(key), kind):
             raise bad(f"field {key!r} missing or not a {kind.__name__}")
@@ -217,8 +216,6 @@ def fetch(uri: str, cache_dir: Path, progress: ProgressFn = print, fallback: str
     """
     if fallback not in FALLBACK_POLICIES:
         raise ValueError(f"fallback must be one of {FALLBACK_POLICIES}, got {fallback!r}")
-    from rakuten_common.model_uri import resolve_model_uri  # imports this module
-
     uri = resolve_model_uri(uri)
     store = open_store(uri)
     cache_dir = Path(cache_dir)
@@ -233,11 +230,11 @@ def fetch(uri: str, cache_dir: Path, progress: ProgressFn = print, fallback: str
         if not candidates:
             raise ArtifactError(f"no complete model version (with {MANIFEST_FILE}) under {store.uri}")
         failures = []
-        for version, manifest in candidates:
+        for version, found in candidates:
             try:
-                if isinstance(manifest, ArtifactError):
-                    raise manifest
-                bundle = _fetch_one(store, version, manifest, cache_dir, progress)
+                if isinstance(found, ArtifactError):
+                    raise found
+                bundle = _fetch_one(store, version, found, cache_dir, progress)
             except ArtifactError as exc:
                 failures.append(f"{version}: {exc}")
                 if fallback == "none":
@@ -247,7 +244,7 @@ def fetch(uri: str, cache_dir: Path, progress: ProgressFn = print, fallback: str
                 continue
             if failures:
                 logger.warning("serving version %s: the %d newer version(s) are unusable", version, len(failures))
-            return bundle, manifest
+            return bundle, found
         raise ArtifactError(f"no usable model version under {store.uri}: " + "; ".join(failures))
     except StorageError as exc:
         raise ArtifactError(str(exc)) from exc

@@ -16,19 +16,17 @@ from __future__ import annotations
 import json
 import tempfile
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rakuten_common.bundle import MODEL_NAME, VERSION_PATTERN
+from rakuten_common.errors import PointerError
+from rakuten_common.jsondoc import load_object
 from rakuten_common.storage import StorageError, Store
 
 CHAMPION_FILE = "champion.json"
 #: A real pointer is about 300 bytes.
 MAX_POINTER_BYTES = 64 * 1024
-
-
-class PointerError(RuntimeError):
-    """A champion pointer that cannot be read as one."""
 
 
 @dataclass(frozen=True)
@@ -45,18 +43,14 @@ class ChampionPointer:
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_pointer(text: bytes | str, where: str) -> ChampionPointer:
     """A ``ChampionPointer`` from the pointer's bytes, every field checked."""
-    if len(text) > MAX_POINTER_BYTES:
-        raise PointerError(f"{where} is {len(text)} bytes, more than {MAX_POINTER_BYTES}: not a champion pointer")
-    try:
-        data = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PointerError(f"{where} is not valid JSON ({exc})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("version"), str) or not isinstance(data.get("uri"), str):
+    data = load_object(text, MAX_POINTER_BYTES, lambda problem: PointerError(f"{where} is not a champion pointer: "
+                                                                               f"{problem}"))
+    if not isinstance(data.get("version"), str) or not isinstance(data.get("uri"), str):
         raise PointerError(f"{where} needs string fields 'version' and 'uri'")
     if not VERSION_PATTERN.match(data["version"]):
         raise PointerError(f"{where} names an invalid version {data['version'][:80]!r}")

@@ -27,15 +27,3 @@ def env_bool(name: str, default: bool) -> bool:
     except ValueError as exc:
         raise ValueError(f"environment variable {name}: {exc}") from None
 
-
-def env_default(name: str, default):
-    """``$name`` converted to the type of ``default``; ``default`` when unset or empty.
-
-    Booleans go through ``parse_bool`` (so ``"false"`` is False); ``None`` keeps the text.
-    """
-    if isinstance(default, bool):
-        return env_bool(name, default)
-    value = os.environ.get(name)
-    if value in (None, ""):
-        return default
-    return value if default is None else type(default)(value)

@@ -1,6 +1,8 @@
 """The 27 Rakuten France ``prdtypecode`` classes and the code <-> index mapping."""
 from __future__ import annotations
 
+from rakuten_common.errors import LabelError
+
 #: Real per-class row counts of ``Y_train_CVw08PX.csv`` (84,916 rows, 27 classes).
 TRAIN_COUNTS: dict[int, int] = {
     10: 3116, 40: 2508, 50: 1681, 60: 832, 1140: 2671, 1160: 3953, 1180: 764,
@@ -20,7 +22,7 @@ class LabelMap:
     def __init__(self, codes: tuple[int, ...] | list[int] = PRDTYPECODES):
         self.codes: tuple[int, ...] = tuple(int(code) for code in codes)
         if len(set(self.codes)) != len(self.codes):
-            raise ValueError("duplicate prdtypecode in label map")
+            raise LabelError("duplicate prdtypecode in label map")
         self._index = {code: index for index, code in enumerate(self.codes)}
 
     def __len__(self) -> int:
@@ -30,7 +32,4 @@ class LabelMap:
         try:
             return self._index[int(code)]
         except KeyError:
-            raise ValueError(f"unknown prdtypecode {code}") from None
-
-    def to_code(self, index: int) -> int:
-        return self.codes[index]
+            raise LabelError(f"unknown prdtypecode {code}") from None

@@ -25,9 +25,9 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
-from rakuten_common.artifacts import ArtifactError
 from rakuten_common.bundle import MANIFEST_FILE, VERSION_PATTERN
 from rakuten_common.champion import CHAMPION_FILE, PointerError, read_pointer
+from rakuten_common.errors import ArtifactError
 from rakuten_common.storage import StorageError, open_store
 
 logger = logging.getLogger("rakuten.model_uri")

@@ -18,9 +18,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rakuten_common.env import parse_bool
 
@@ -42,7 +43,7 @@ def bounded(kind: type = int, minimum: float | None = None, maximum: float | Non
             raise argparse.ArgumentTypeError(f"{text!r} must be at most {maximum}")
         return value
 
-    convert.metavar = _METAVARS.get(kind, "VALUE")
+    convert.metavar = _METAVARS.get(kind, "VALUE")  # type: ignore[attr-defined]  # read by add_options
     return convert
 
 
@@ -159,3 +160,10 @@ def from_args(cls: type, args: argparse.Namespace, **extra: Any):
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
               if "option" in f.metadata and hasattr(args, f.name)}
     return cls(**values, **extra)
+
+
+def from_environment(cls: type, **extra: Any):
+    """``cls`` with each option from its environment variable, else its default (no command line)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_options(parser, cls)
+    return from_args(cls, parser.parse_args([]), **extra)

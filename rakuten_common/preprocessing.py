@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from rakuten_common.errors import ImageError
+
 _TAG = re.compile(r"<[^>]*>")
 _NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
 
@@ -55,14 +57,6 @@ def clean_text(text: str | None) -> str:
 def product_text(designation: str | None, description: str | None) -> str:
     """The model's text input: cleaned title first (so truncation keeps it), then description."""
     return f"{clean_text(designation)} {clean_text(description)}".strip()
-
-
-class ImageError(ValueError):
-    """An image that cannot be used; ``reason`` is a short machine-readable label."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass

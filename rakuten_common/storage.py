@@ -20,21 +20,19 @@ import random
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from rakuten_common.env import env_bool
+from rakuten_common.errors import StorageError
 
 ProgressFn = Callable[[str], None]
 logger = logging.getLogger("rakuten.storage")
 
 #: One path component of a key: no separators, no leading dot (so no ``.``/``..``), bounded.
 _SAFE_NAME = re.compile(r"^[0-9A-Za-z_][0-9A-Za-z._-]{0,127}$")
-
-
-class StorageError(RuntimeError):
-    """A storage URI that cannot be read or written as asked."""
 
 
 def validate_key(key: str) -> str:
@@ -168,7 +166,8 @@ _RETRYABLE_CODES = {"500", "502", "503", "504", "InternalError", "ServiceUnavail
 
 def _retryable(exc: Exception) -> bool:
     from boto3.exceptions import S3TransferFailedError
-    from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, HTTPClientError
+    from botocore.exceptions import ClientError, HTTPClientError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
 
     if isinstance(exc, ClientError):
         return str(exc.response.get("Error", {}).get("Code")) in _RETRYABLE_CODES

@@ -12,9 +12,15 @@ import sys
 import textwrap
 from pathlib import Path
 
-from rakuten_common.v2_client import Product, infer_request, infer_url, parse_response, post
 from rakuten_common.data_layout import TRAIN
 from rakuten_common.processes import ServerProcess
+from rakuten_common.v2_client import (
+    Product,
+    infer_request,
+    infer_url,
+    parse_response,
+    post,
+)
 
 
 def sample_product(data_dir: Path, row: int) -> tuple[Product, int]:

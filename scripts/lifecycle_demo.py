@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from rakuten_common.processes import ServerProcess
-from training_job.smoke import call
+from training_job.promotion.smoke import call
 
 WORSE = ["--epochs", "1", "--max-rows", "300"]
 

@@ -23,15 +23,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model_server.admission import Admission, Deadline, DeadlineExceeded, Overloaded, Ticket, parse_timeout
+from model_server.admission import (
+    Admission,
+    Deadline,
+    DeadlineExceeded,
+    Overloaded,
+    Ticket,
+    parse_timeout,
+)
 from model_server.auth import ApiKeys, RateLimiter
 from model_server.batching import AdaptiveBatcher
-from model_server.gate import Gate, ServerState
 from model_server.pool import FairPool
+from model_server.request_gate import Gate, ServerState
 from model_server.settings import Settings
 from rakuten_common.processes import wait_until
 from rakuten_common.v2_client import Product, infer_request, infer_url, post
-from tests.servers import start_model_server
+from tests.support.servers import start_model_server
 
 JSON = {"Content-Type": "application/json"}
 

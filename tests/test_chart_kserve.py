@@ -13,10 +13,18 @@ import kubernetes.client
 import pytest
 import yaml
 
-from tests.helm import (CHART, SCENARIO_IDS, by_kind, one, render, rendered, run, server_container,  # noqa: F401
-                        template_args, tools)
-from tests.cluster_files import recipe
-from tests.servers import REPO
+from tests.support.cluster_files import recipe
+from tests.support.helm import (
+    CHART,
+    SCENARIO_IDS,
+    by_kind,
+    one,
+    render,
+    run,
+    server_container,
+    template_args,
+)
+from tests.support.servers import REPO
 
 pytestmark = pytest.mark.helm
 

@@ -11,9 +11,19 @@ import pytest
 import yaml
 
 from rakuten_common.v2_client import Product, infer_request, infer_url, post
-from tests.helm import (CHART, NAMESPACE, SCENARIO_IDS, by_kind, flag, matches, one, pod_views,  # noqa: F401
-                        predictor_pod_labels, rendered, server_container, tools)
-from tests.servers import REPO
+from tests.support.helm import (
+    CHART,
+    NAMESPACE,
+    SCENARIO_IDS,
+    by_kind,
+    flag,
+    matches,
+    one,
+    pod_views,
+    predictor_pod_labels,
+    server_container,
+)
+from tests.support.servers import REPO
 
 pytestmark = pytest.mark.helm
 

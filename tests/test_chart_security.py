@@ -5,9 +5,17 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helm import (SCENARIO_IDS, by_kind, container, containers, matches, pod_views, render, rendered,  # noqa: F401
-                        tools, views_by_component)
-from tests.netpol import Endpoint, address, allowed, pod
+from tests.support.helm import (
+    SCENARIO_IDS,
+    by_kind,
+    container,
+    containers,
+    matches,
+    pod_views,
+    render,
+    views_by_component,
+)
+from tests.support.netpol import Endpoint, address, allowed, pod
 
 pytestmark = pytest.mark.helm
 

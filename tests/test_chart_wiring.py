@@ -11,10 +11,25 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from tests.helm import (CHART, NAMESPACE, SCENARIO_IDS, by_kind, container, containers, env_of, flag, make_variables,
-                        one, pod_views, render, rendered, run, server_container, template_args, tools,  # noqa: F401
-                        views_by_component)
-from tests.servers import REPO
+from tests.support.helm import (
+    CHART,
+    NAMESPACE,
+    SCENARIO_IDS,
+    by_kind,
+    container,
+    containers,
+    env_of,
+    flag,
+    make_variables,
+    one,
+    pod_views,
+    render,
+    run,
+    server_container,
+    template_args,
+    views_by_component,
+)
+from tests.support.servers import REPO
 
 pytestmark = pytest.mark.helm
 

@@ -13,12 +13,19 @@ import re
 import struct
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from PIL import Image
 
-from model_server.binary import decode_binary_request, split_bytes_elements
-from model_server.codec import RequestRejected, decode_request, parse_json, request_from_json
+from model_server.binary import decode_binary_request
+from model_server.codec import (
+    RequestRejected,
+    decode_request,
+    parse_json,
+    request_from_json,
+    split_bytes_elements,
+)
 from model_server.grpc_service import request_from_grpc
 from model_server.settings import Settings
 from rakuten_common.preprocessing import clean_text

@@ -18,15 +18,30 @@ from scipy.spatial.distance import jensenshannon
 
 from model_server.drift import DriftMonitor, RollingWindow
 from model_server.settings import DriftSettings
-from rakuten_common.bundle import LABELS_FILE, PROFILE_FILE, VOCABULARY_FILE, load_profile
+from rakuten_common.bundle import (
+    LABELS_FILE,
+    PROFILE_FILE,
+    VOCABULARY_FILE,
+    load_profile,
+)
 from rakuten_common.labels import PRDTYPECODES
 from rakuten_common.preprocessing import ImageInfo, decode_image, product_text
-from rakuten_common.profile import (INPUT_FEATURE_NAMES, MAX_PROFILE_BYTES, ProfileError, ReferenceProfile,
-                                    build_profile, image_features, is_blank, js_distance, product_features,
-                                    psi, text_features)
+from rakuten_common.profile import (
+    INPUT_FEATURE_NAMES,
+    MAX_PROFILE_BYTES,
+    ProfileError,
+    ReferenceProfile,
+    build_profile,
+    image_features,
+    is_blank,
+    js_distance,
+    product_features,
+    psi,
+    text_features,
+)
 from rakuten_common.synthetic import make_image, make_text
 
-VOCABULARY = frozenset("coussin lin chaise table bois".split())
+VOCABULARY = frozenset(["coussin", "lin", "chaise", "table", "bois"])
 
 
 def encode(image: Image.Image, fmt: str = "JPEG") -> bytes:

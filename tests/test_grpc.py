@@ -20,8 +20,14 @@ from kserve.protocol.infer_type import InferInput, InferRequest
 from PIL import Image
 
 from rakuten_common.processes import wait_until
-from rakuten_common.v2_client import Product, infer_request, infer_url, parse_response, post
-from tests.servers import start_model_server
+from rakuten_common.v2_client import (
+    Product,
+    infer_request,
+    infer_url,
+    parse_response,
+    post,
+)
+from tests.support.servers import start_model_server
 
 pytestmark = pytest.mark.e2e
 MODEL = "rakuten-classifier"

@@ -10,9 +10,25 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.helm import (CHART, CI_VALUES, CRD_KINDS, RELEASE, SCENARIO_IDS, SCENARIOS, SchemaError, by_kind,
-                        check_inference_service, containers, kubernetes_version, one, pod_views, render, run,
-                        secret_refs, template_args, tools)  # noqa: F401
+from tests.support.helm import (
+    CHART,
+    CI_VALUES,
+    CRD_KINDS,
+    RELEASE,
+    SCENARIO_IDS,
+    SCENARIOS,
+    SchemaError,
+    by_kind,
+    check_inference_service,
+    containers,
+    kubernetes_version,
+    one,
+    pod_views,
+    render,
+    run,
+    secret_refs,
+    template_args,
+)
 
 pytestmark = pytest.mark.helm
 

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from rakuten_common.preprocessing import decode_image
-from tests.servers import REPO
-from training_job import image_cache
+from tests.support.servers import REPO
+from training_job.data import image_cache
 
 
 def photos(folder, count: int, size: int = 500):
@@ -63,8 +63,8 @@ PEAK_RSS = textwrap.dedent("""
     import resource, sys
     from pathlib import Path
     import numpy as np
-    from training_job import image_cache
-    from training_job.inputs import batches
+    from training_job.data import image_cache
+    from training_job.training.inputs import batches
     from tests.test_image_cache import photos
     rows, workdir = int(sys.argv[1]), Path(sys.argv[2])
     paths = photos(workdir / "images", rows)
@@ -77,6 +77,7 @@ PEAK_RSS = textwrap.dedent("""
 """)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("rows", [2000])
 def test_peak_memory_does_not_grow_with_the_number_of_images(tmp_path, rows):
     """One pass over 200 and over 2,000 images at 128 px (2,000 decoded = 98 MB): the peak RSS of

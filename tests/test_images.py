@@ -24,14 +24,19 @@ import time
 import uuid
 from pathlib import Path
 
-import boto3
 import pytest
 
-from rakuten_common.v2_client import Product, infer_request, infer_url, parse_response, post
 from rakuten_common.labels import PRDTYPECODES
-from tests.conftest import BUCKET
 from rakuten_common.processes import free_port, http_ok, wait_until
-from tests.servers import REPO
+from rakuten_common.v2_client import (
+    Product,
+    infer_request,
+    infer_url,
+    parse_response,
+    post,
+)
+from tests.support.s3 import BUCKET
+from tests.support.servers import REPO
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(2400)]
 
@@ -259,9 +264,8 @@ def test_probe_modules_answer_in_the_images(images):
     assert "--url" in done.stdout
 
 
-def test_training_image_publishes_a_version_to_s3(trained, images, s3):
-    client = boto3.client("s3", endpoint_url=s3.url, region_name="us-east-1", aws_access_key_id="testing",
-                          aws_secret_access_key="testing")
+def test_training_image_publishes_a_version_to_s3(trained, images, s3_client):
+    client = s3_client
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix=f"{MODEL_PREFIX}/").get("Contents", [])]
     manifests = [k for k in keys if k.endswith("/manifest.json")]
     assert manifests, keys

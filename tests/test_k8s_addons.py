@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.cluster_files import CLUSTER_MK, K8S, KIND_CONFIG, WORKFLOWS, recipe, versions
+from tests.support.cluster_files import (
+    CLUSTER_MK,
+    K8S,
+    KIND_CONFIG,
+    WORKFLOWS,
+    recipe,
+    versions,
+)
 
 pytestmark = pytest.mark.helm
 

@@ -8,8 +8,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.cluster_files import CHART, KPS_VALUES, PORT_PLAN, REPO, kind_config, mapped_ports, tool, versions
-from tests.helm import tools  # noqa: F401  (fixture: helm from scripts/install-tools.sh)
+from tests.support.cluster_files import (
+    CHART,
+    KPS_VALUES,
+    PORT_PLAN,
+    REPO,
+    kind_config,
+    mapped_ports,
+    tool,
+    versions,
+)
 
 pytestmark = pytest.mark.helm
 

@@ -10,8 +10,17 @@ import subprocess
 
 import pytest
 
-from tests.cluster_files import CLUSTER_MK, DOCS, REPO, WORKFLOWS, code_of_markdown, load_workflow, make_help_targets, \
-    make_targets_in, recipe
+from tests.support.cluster_files import (
+    CLUSTER_MK,
+    DOCS,
+    REPO,
+    WORKFLOWS,
+    code_of_markdown,
+    load_workflow,
+    make_help_targets,
+    make_targets_in,
+    recipe,
+)
 
 pytestmark = pytest.mark.helm
 

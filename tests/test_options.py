@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from rakuten_common.env import env_bool, env_default, parse_bool
+from rakuten_common.env import env_bool, parse_bool
 from rakuten_common.options import HelpFormatter, add_options, from_args, option
-from tests.servers import REPO
+from tests.support.servers import REPO
 
 
 @pytest.mark.parametrize("text, value", [
@@ -26,12 +26,11 @@ def test_parse_bool_refuses_anything_else(text):
         parse_bool(text)
 
 
-def test_env_bool_and_env_default_read_false_as_false(monkeypatch):
+def test_env_bool_reads_false_as_false_and_empty_as_the_default(monkeypatch):
     monkeypatch.setenv("FLAG", "false")
-    assert env_bool("FLAG", True) is False
-    assert env_default("FLAG", True) is False  # the old bug: bool("false") is True
+    assert env_bool("FLAG", True) is False  # the old bug: bool("false") is True
     monkeypatch.setenv("FLAG", "")
-    assert env_default("FLAG", True) is True
+    assert env_bool("FLAG", True) is True
     monkeypatch.setenv("FLAG", "perhaps")
     with pytest.raises(ValueError, match="FLAG"):
         env_bool("FLAG", False)
@@ -101,6 +100,7 @@ def test_bounded_types_keep_the_values_within_their_bounds():
     assert (settings.max_queued_rows, settings.drain_seconds, settings.metrics_port) == (1, 0.0, 0)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("module", ["training_job", "model_server"])
 def test_help_is_fast_and_free_of_tensorflow(module):
     started = time.monotonic()
@@ -113,6 +113,7 @@ def test_help_is_fast_and_free_of_tensorflow(module):
     print(f"python -m {module} --help: {seconds:.2f} s")
 
 
+@pytest.mark.process
 def test_help_imports_neither_tensorflow_nor_kserve():
     """The cause of slow help, checked directly: what `--help` imports."""
     code = ("import sys; from training_job.__main__ import build_parser as t; from model_server.settings import "

@@ -9,16 +9,16 @@ import pytest
 from kserve.protocol.infer_type import InferRequest
 from kserve.protocol.rest.v2_datamodels import InferenceRequest
 
-from rakuten_common.v2_client import Product, infer_request
 from model_server.codec import decode_request
 from model_server.model import prepare
-from rakuten_common.runner import ModelRunner
 from model_server.settings import Settings
 from rakuten_common.artifacts import fetch
 from rakuten_common.bundle import load_bundle
-from training_job import image_cache
-from training_job.dataset import load_dataset
-from training_job.inputs import batches
+from rakuten_common.runner import ModelRunner
+from rakuten_common.v2_client import Product, infer_request
+from training_job.data import image_cache
+from training_job.data.dataset import load_dataset
+from training_job.training.inputs import batches
 
 
 @pytest.fixture(scope="module")

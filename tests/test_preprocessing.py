@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rakuten_common.preprocessing import ImageError, ImageLimits, clean_text, decode_image, product_text
+from rakuten_common.preprocessing import (
+    ImageError,
+    ImageLimits,
+    clean_text,
+    decode_image,
+    product_text,
+)
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:

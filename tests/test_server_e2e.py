@@ -10,16 +10,22 @@ import re
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from rakuten_common.v2_client import Product, binary_infer_request, infer_request, infer_url, parse_response, post
-from rakuten_common.labels import PRDTYPECODES, LabelMap
 from rakuten_common import synthetic
-from training_job.evaluation import classification_metrics
+from rakuten_common.labels import PRDTYPECODES, LabelMap
+from rakuten_common.v2_client import (
+    Product,
+    binary_infer_request,
+    infer_request,
+    infer_url,
+    parse_response,
+    post,
+)
+from training_job.training.evaluation import classification_metrics
 
 pytestmark = pytest.mark.e2e
 JSON = {"Content-Type": "application/json"}
@@ -216,7 +222,7 @@ def test_repository_api_is_off_by_default(limited_server_url):
 def test_readiness_follows_the_model_when_the_repository_api_is_on(published, s3, artifacts_dir, tmp_path):
     """With --enable_repository_api, an unload takes the pod out of service (readiness 503) instead of
     leaving green probes in front of a server that answers every inference with an error."""
-    from tests.servers import start_model_server
+    from tests.support.servers import start_model_server
 
     server, url = start_model_server(published.uri, artifacts_dir / "model_server_repository.log",
                                      env={**s3.env, "MODEL_CACHE_DIR": str(tmp_path / "cache")},

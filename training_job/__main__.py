@@ -10,7 +10,9 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
+from rakuten_common.errors import RakutenError
 from rakuten_common.logs import configure_logging
 from rakuten_common.options import HelpFormatter, add_options, from_args
 from training_job.config import ModelConfig, QualityConfig, TrainConfig
@@ -44,27 +46,24 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_config(argv)
     configure_logging()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from rakuten_common.artifacts import ArtifactError
     from rakuten_common.cpu import configure_tensorflow
-    from rakuten_common.storage import StorageError
     from training_job import sample_data
-    from training_job.data_source import is_remote
-    from training_job.dataset import DatasetError, has_dataset
-    from training_job.registry import RegistryError
-    from training_job.train import run
+    from training_job.data.dataset import has_dataset
+    from training_job.data.source import is_remote
+    from training_job.training.run import run
 
     configure_logging()  # again: importing MLflow installs its own handlers
     configure_tensorflow(config.tf_intra_op_threads, config.tf_inter_op_threads)  # before any op runs
-    if config.generate_sample and not is_remote(config.data_dir) and not has_dataset(config.data_dir):
+    if config.generate_sample and not is_remote(config.data_dir) and not has_dataset(Path(config.data_dir)):
         logger.info("Generating a sample dataset of about %d rows in %s", config.generate_sample, config.data_dir)
-        sample_data.generate(config.data_dir, rows=config.generate_sample, seed=config.seed)
+        sample_data.generate(Path(config.data_dir), rows=config.generate_sample, seed=config.seed)
     try:
         result = run(config)
-    except (DatasetError, ArtifactError, StorageError, RegistryError) as exc:
+    except RakutenError as exc:
         logger.error("%s", exc)
         return 1
     if config.promote:
-        from training_job.promote import promote_after_training
+        from training_job.promotion.flow import promote_after_training
 
         return promote_after_training(config, result)
     return 0

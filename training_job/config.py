@@ -25,7 +25,7 @@ BACKBONES = {
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The concatenated model's architecture (``training_job.model``)."""
+    """The concatenated model's architecture (``training_job.training.model``)."""
 
     image_size: int = option(128, env="IMAGE_SIZE", type=AT_LEAST_ONE, help="image side in pixels")
     max_tokens: int = option(100_000, env="MAX_TOKENS", type=AT_LEAST_ONE,
@@ -51,7 +51,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class QualityConfig:
-    """Data-quality rules checked before training (``training_job.data_quality``); a violation fails the job."""
+    """Data-quality rules checked before training (``training_job.data.quality``); a violation fails the job."""
 
     max_missing_images: float = option(0.05, env="MAX_MISSING_IMAGES", type=SHARE, metavar="SHARE",
                                        help="fail when more rows than this share have no image file (1: never)")

@@ -18,7 +18,7 @@ from pathlib import Path
 from rakuten_common.data_layout import TEST, TRAIN
 from rakuten_common.logs import configure_logging
 from rakuten_common.storage import StorageError, s3_client, split_s3_uri
-from training_job.data_source import IMAGE_NAME
+from training_job.data.source import IMAGE_NAME
 
 logger = logging.getLogger("rakuten.datasets")
 
@@ -35,7 +35,7 @@ def dataset_files(root: Path) -> tuple[list[str], list[str]]:
 def upload_dataset(root: Path, uri: str, workers: int = 16, create_bucket: bool = False) -> None:
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from training_job.object_sync import upload
+    from training_job.data.object_sync import upload
 
     root = Path(root)
     images, csvs = dataset_files(root)

@@ -40,9 +40,9 @@ def _mean_ms(fn, items, seconds: float) -> float:
 def ceiling(bundle: Path, products, batch_sizes: list[int], duration: float) -> dict:
     import numpy as np
 
-    from rakuten_common.runner import ModelRunner
     from rakuten_common.bundle import load_bundle
     from rakuten_common.preprocessing import decode_image, product_text
+    from rakuten_common.runner import ModelRunner
 
     model, _, spec = load_bundle(bundle)
     runner = ModelRunner(model, spec)

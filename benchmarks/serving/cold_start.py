@@ -15,10 +15,15 @@ from pathlib import Path
 
 from benchmarks.serving.common import log
 from benchmarks.serving.metrics import LOAD_PHASES, load_phases, scrape
-from benchmarks.serving.servers import S3_BUCKET, environment, running_model_server, s3_api_server
+from benchmarks.serving.servers import (
+    S3_BUCKET,
+    environment,
+    running_model_server,
+    s3_api_server,
+)
 from loadtests.products import check_answer, encode
-from rakuten_common.v2_client import infer_url, post
 from rakuten_common.bundle import MODEL_NAME
+from rakuten_common.v2_client import infer_url, post
 
 
 def cold_start_once(model_uri: str, workdir: Path, label: str, env: dict[str, str], server_args: list[str],

@@ -26,8 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from benchmarks.serving.common import (REPO, child_env, own_cpu_seconds, percentile, python_module,
-                                       run_event_loop)
+from benchmarks.serving.common import (
+    REPO,
+    child_env,
+    own_cpu_seconds,
+    percentile,
+    python_module,
+    run_event_loop,
+)
 from loadtests.products import Encoded, check_answer
 
 SHED_STATUSES = (429, 503)

@@ -38,8 +38,8 @@ from benchmarks.serving.open_loop import run_open_loop
 from benchmarks.serving.settings import OverloadSettings, parse
 from benchmarks.serving.watch import Watch
 from loadtests.products import encode
-from rakuten_common.v2_client import infer_url
 from rakuten_common.logs import configure_logging
+from rakuten_common.v2_client import infer_url
 
 MB = 1024 * 1024
 

@@ -6,9 +6,14 @@ from benchmarks.serving.common import fmt, machine_line, table
 MAX_ERROR_RATIO = 0.01
 
 
+def error_ratio(cell: dict) -> float:
+    """Failed requests over all requests of one cell (1.0 when none was sent)."""
+    total = cell["requests"] + cell["errors"]
+    return cell["errors"] / total if total else 1.0
+
+
 def _usable(cell: dict | None, max_error_ratio: float = MAX_ERROR_RATIO) -> bool:
-    return bool(cell and cell["requests"]
-                and cell["errors"] / (cell["requests"] + cell["errors"]) <= max_error_ratio)
+    return bool(cell and cell["requests"] and error_ratio(cell) <= max_error_ratio)
 
 
 def problems(report: dict, max_error_ratio: float = MAX_ERROR_RATIO) -> list[str]:
@@ -16,9 +21,9 @@ def problems(report: dict, max_error_ratio: float = MAX_ERROR_RATIO) -> list[str
     found = []
     for label, cells in report.get("served", {}).get("cells", {}).items():
         for c in cells:
-            total = c["requests"] + c["errors"]
-            if not total or c["errors"] / total > max_error_ratio:
-                found.append(f"{label} {c['payload']} c={c['concurrency']}: {c['errors']} errors of {total} "
+            if error_ratio(c) > max_error_ratio:
+                found.append(f"{label} {c['payload']} c={c['concurrency']}: {c['errors']} errors of "
+                             f"{c['requests'] + c['errors']} "
                              f"({c.get('first_error') or 'no request completed'})")
     for run in report.get("cold_start", {}).get("runs", []):
         if not run.get("first_inference_ok"):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from benchmarks.serving.closed_loop import run_client, write_requests
 from benchmarks.serving.common import log
-from benchmarks.serving.profile import profile_server
+from benchmarks.serving.cpu_profile import profile_server
 from benchmarks.serving.servers import running_model_server
 from loadtests.products import encode
 

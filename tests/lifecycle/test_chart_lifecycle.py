@@ -6,11 +6,19 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helm import (CI_VALUES, by_kind, containers, env_of, one, pod_views, predictor_pod_labels,  # noqa: F401
-                        render, tools)
 from tests.lifecycle.conftest import ROLLOUT_API
-from tests.netpol import address, allowed, pod
-from training_job.kserve_status import ANNOTATION
+from tests.support.helm import (
+    CI_VALUES,
+    by_kind,
+    containers,
+    env_of,
+    one,
+    pod_views,
+    predictor_pod_labels,
+    render,
+)
+from tests.support.netpol import address, allowed, pod
+from training_job.promotion.kserve_status import ANNOTATION
 
 pytestmark = pytest.mark.helm
 SCENARIOS = {None: "defaults", **{p: p.name.removesuffix("-values.yaml") for p in CI_VALUES}}
@@ -46,9 +54,9 @@ def test_rollout_rbac_is_namespaced_and_exactly_what_the_rollout_calls(rendered,
 
 @pytest.mark.parametrize("scenario", SCENARIOS.values())
 def test_training_env_parses_with_the_promotion_command(rendered, scenario, monkeypatch):
-    from training_job.promote import PromoteConfig, build_parser
-    from training_job.rollout import RolloutConfig
     from rakuten_common.options import from_args
+    from training_job.promote import PromoteConfig, build_parser
+    from training_job.promotion.rollout import RolloutConfig
 
     objects = rendered[scenario]
     isvc = one(objects, "InferenceService")

@@ -10,12 +10,24 @@ import pytest
 
 from rakuten_common.artifacts import ArtifactError
 from rakuten_common.bundle import MANIFEST_FILE
-from rakuten_common.champion import (CHAMPION_FILE, MAX_POINTER_BYTES, ChampionPointer, PointerError, parse_pointer,
-                                     read_pointer, write_pointer)
-from rakuten_common.model_uri import RegistryRef, parse_registry_uri, resolve_model_uri, split_version_uri
+from rakuten_common.champion import (
+    CHAMPION_FILE,
+    MAX_POINTER_BYTES,
+    ChampionPointer,
+    PointerError,
+    parse_pointer,
+    read_pointer,
+    write_pointer,
+)
+from rakuten_common.model_uri import (
+    RegistryRef,
+    parse_registry_uri,
+    resolve_model_uri,
+    split_version_uri,
+)
 from rakuten_common.storage import open_store
-from training_job import kserve_status as ks
-from training_job.gate import Decision, GatePolicy, Score, decide
+from training_job.promotion import kserve_status as ks
+from training_job.promotion.gate import Decision, GatePolicy, Score, decide
 
 POLICY = GatePolicy(tolerance=0.01, recall_floor=0.2, min_class_support=5)
 
@@ -83,7 +95,7 @@ def test_a_pointer_to_an_incomplete_version_is_an_error_not_a_fallback(tmp_path)
 
 @pytest.mark.parametrize("content, problem", [
     (b"{not json", "not valid JSON"),
-    (b"[]", "needs string fields"),
+    (b"[]", "not a JSON object"),
     (json.dumps({"version": "../../etc", "uri": "x"}).encode(), "invalid version"),
     (json.dumps({"version": 7, "uri": "x"}).encode(), "needs string fields"),
     (b" " * (MAX_POINTER_BYTES + 1), "more than"),

@@ -16,7 +16,7 @@ from rakuten_common.artifacts import fetch
 from rakuten_common.champion import CHAMPION_FILE
 from rakuten_common.storage import open_store
 from tests.lifecycle.conftest import MODEL_PREFIX, promote, served_version
-from tests.servers import start_model_server
+from tests.support.servers import start_model_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 NAME = "rakuten-classifier"
@@ -141,8 +141,8 @@ def test_a_promotion_judged_against_another_champion_changes_nothing(good_versio
                                                                      s3_env, monkeypatch):
     """Two promotions at once: the one finding the champion moved since it judged stops (exit 1 in the
     command) instead of overwriting the other's decision. Called in process to hold the race still."""
-    from training_job.lifecycle import make_champion
-    from training_job.registry import Registry, RegistryError
+    from training_job.promotion.flow import make_champion
+    from training_job.training.registry import Registry, RegistryError
 
     for name, value in lifecycle_env.items():
         monkeypatch.setenv(name, value)

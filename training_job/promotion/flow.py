@@ -4,29 +4,67 @@ Order of a promotion: the registry alias ``champion`` moves first (unless anothe
 moved it since this one read it), then the champion pointer is written next to the version (if
 that write fails the alias is put back), then the rollout.
 A failed rollout restores the previous champion the same way (alias, then pointer) and puts the
-predictor's annotation back. Every step is logged; decisions go to ``training_job.promotions``
+predictor's annotation back. Every step is logged; decisions go to ``training_job.promotion.records``
 and, with an InferenceService, to Kubernetes Events on it.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
-from rakuten_common.artifacts import ArtifactError
 from rakuten_common.bundle import MANIFEST_FILE
-from rakuten_common.champion import ChampionPointer, PointerError, utc_now, write_pointer
+from rakuten_common.champion import (
+    ChampionPointer,
+    PointerError,
+    utc_now,
+    write_pointer,
+)
+from rakuten_common.errors import ArtifactError, RakutenError
 from rakuten_common.model_uri import split_version_uri
-from rakuten_common.storage import StorageError, open_store
-from training_job import kserve_status, promotions
-from training_job.dataset import DatasetError
-from training_job.gate import GatePolicy
-from training_job.promote import EXIT_ERROR, EXIT_OK, EXIT_REFUSED, EXIT_ROLLED_BACK, EVAL_BATCH_SIZE, Outcome, \
-    PromoteConfig
-from training_job.promotions import Judgement
-from training_job.registry import CHALLENGER, CHAMPION, RegisteredVersion, Registry, RegistryError
-from training_job.rollout import Rollout, RolloutConfig, RolloutError, RolloutResult
+from rakuten_common.options import from_environment
+from rakuten_common.storage import open_store
+from training_job.config import TrainConfig
+from training_job.promotion import kserve_status, records
+from training_job.promotion.gate import GatePolicy
+from training_job.promotion.records import Judgement
+from training_job.promotion.rollout import (
+    Rollout,
+    RolloutConfig,
+    RolloutError,
+    RolloutResult,
+)
+from training_job.promotion.settings import EVAL_BATCH_SIZE, PromoteConfig
+from training_job.training.registry import (
+    CHALLENGER,
+    CHAMPION,
+    RegisteredVersion,
+    Registry,
+    RegistryError,
+)
 
 logger = logging.getLogger("rakuten.promote")
+
+#: ``python -m training_job.promote``'s exit codes (its docstring says what each means).
+EXIT_OK, EXIT_ERROR, EXIT_REFUSED, EXIT_ROLLED_BACK = 0, 1, 3, 4
+TERMINATION_LOG = Path("/dev/termination-log")
+
+
+@dataclass
+class Outcome:
+    exit_code: int
+    summary: str
+
+
+def write_termination_message(text: str) -> None:
+    """The outcome where ``kubectl describe pod`` shows it (the container's termination message)."""
+    try:
+        if TERMINATION_LOG.exists() and os.access(TERMINATION_LOG, os.W_OK):
+            TERMINATION_LOG.write_text(text[:4000] + "\n")
+    except OSError:
+        pass
 
 
 def make_champion(registry: Registry, target: RegisteredVersion, previous: RegisteredVersion | None,
@@ -62,7 +100,12 @@ def judge(config: PromoteConfig, challenger: RegisteredVersion, champion: Regist
     """Re-score both bundles on the evaluation split and apply the gate."""
     from rakuten_common.artifacts import fetch
     from rakuten_common.labels import LabelMap
-    from training_job.gate import decide, evaluation_set, predict_codes, score_pair
+    from training_job.promotion.gate import (
+        decide,
+        evaluation_set,
+        predict_codes,
+        score_pair,
+    )
 
     policy = GatePolicy(config.tolerance, config.recall_floor, config.min_class_support)
     rows = evaluation_set(config.data_dir, config.cache_dir, config.eval_fraction)
@@ -90,24 +133,24 @@ def _rollout(rollout: Rollout, registry: Registry, judgement: Judgement, run_id:
         result, touched = RolloutResult(False, target.model_version, None, detail=str(exc)), False
     if result.ok:
         rollout.event("ModelRolledOut", f"{target} serving after {result.seconds:.0f} s: {result.detail}")
-        promotions.record_rollout(run_id, "succeeded", result.seconds, result.detail)
+        records.record_rollout(run_id, "succeeded", result.seconds, result.detail)
         registry.set_tags(target.number, {"rollout": "succeeded", "rollout_seconds": f"{result.seconds:.1f}"})
         return Outcome(EXIT_OK, f"promoted and rolled out {target} in {result.seconds:.0f} s")
     rollout.event("RolloutFailed", f"{target}: {result.detail}", warning=True)
     registry.set_tags(target.number, {"rollout": "failed", "rollout_detail": result.detail[:5000]})
     if previous is None:
-        promotions.record_rollout(run_id, "failed", result.seconds, result.detail)
+        records.record_rollout(run_id, "failed", result.seconds, result.detail)
         return Outcome(EXIT_ROLLED_BACK, f"rollout of {target} failed and there is no previous champion "
                                          f"to restore: {result.detail}")
     logger.warning("Restoring the previous champion %s", previous)
     make_champion(registry, previous, target, "automatic rollback")
     if not touched:
-        promotions.record_rollout(run_id, "failed", 0.0, result.detail)
+        records.record_rollout(run_id, "failed", 0.0, result.detail)
         return Outcome(EXIT_ROLLED_BACK, f"rollout of {target} failed ({result.detail}); {previous} restored")
     back = rollout.restore(result.previous, previous.model_version)
     detail = f"rollout of {target} failed ({result.detail}); {previous} restored: {back.detail}"
     rollout.event("ModelRolledBack", detail, warning=True)
-    promotions.record_rollout(run_id, "rolled_back" if back.ok else "rollback_failed", result.seconds + back.seconds,
+    records.record_rollout(run_id, "rolled_back" if back.ok else "rollback_failed", result.seconds + back.seconds,
                               detail)
     if not back.ok:
         logger.error("the rollback did not come back Ready: the InferenceService needs a look")
@@ -161,7 +204,7 @@ def promote(config: PromoteConfig, rollout_config: RolloutConfig, registry: Regi
                 return _converge(rollout, judgement.candidate)
             logger.info("Nothing to do: %s", judgement.reason)
             return Outcome(EXIT_OK, judgement.reason)
-        run_id = promotions.record(judgement, registry, config.experiment)
+        run_id = records.record(judgement, registry, config.experiment)
         if judgement.decision == "refused":
             logger.warning("REFUSED %s: %s", judgement.candidate, judgement.reason)
             if rollout:
@@ -173,6 +216,17 @@ def promote(config: PromoteConfig, rollout_config: RolloutConfig, registry: Regi
             return Outcome(EXIT_OK, f"promoted {judgement.candidate}: {judgement.reason}")
         rollout.event("ModelPromoted", f"{judgement.candidate} ({judgement.action}): {judgement.reason}")
         return _rollout(rollout, registry, judgement, run_id)
-    except (RegistryError, ArtifactError, StorageError, PointerError, RolloutError, DatasetError, ValueError) as exc:
+    except RakutenError as exc:
         logger.error("%s", exc)
         return Outcome(EXIT_ERROR, str(exc))
+
+
+def promote_after_training(train: TrainConfig, result) -> int:
+    """The gate at the end of a training run (``--promote``): the promotion settings from the
+    environment, the dataset, evaluation split and cache of the run. A refusal is a normal end of a
+    training run (exit 0, recorded like any decision); a rolled-back rollout exits 4."""
+    config = dataclasses.replace(from_environment(PromoteConfig), data_dir=str(train.data_dir),
+                                 eval_fraction=train.eval_fraction, cache_dir=train.cache_dir)
+    outcome = promote(config, from_environment(RolloutConfig))
+    write_termination_message(f"trained {result.version_uri}; {outcome.summary}")
+    return EXIT_OK if outcome.exit_code == EXIT_REFUSED else outcome.exit_code

@@ -19,15 +19,22 @@ from rakuten_common.data_layout import TRAIN
 from rakuten_common.labels import LabelMap
 from rakuten_common.profile import ReferenceProfile, build_profile
 from rakuten_common.storage import open_store
-from training_job import data_quality, image_cache, tracking
 from training_job.config import ModelConfig, TrainConfig
-from training_job.data_source import local_dataset
-from training_job.dataset import Dataset, load_dataset
-from training_job.evaluation import classification_metrics, confusion_figure, confusion_matrix
-from training_job.inputs import batches
-from training_job.model import build_model, vocabulary as model_vocabulary
-from training_job.registry import Registry
-from training_job.splits import three_way_split
+from training_job.data import image_cache
+from training_job.data import quality as data_quality
+from training_job.data.dataset import Dataset, load_dataset
+from training_job.data.source import local_dataset
+from training_job.training import tracking
+from training_job.training.evaluation import (
+    classification_metrics,
+    confusion_figure,
+    confusion_matrix,
+)
+from training_job.training.inputs import batches
+from training_job.training.model import build_model
+from training_job.training.model import vocabulary as model_vocabulary
+from training_job.training.registry import Registry
+from training_job.training.splits import three_way_split
 
 logger = logging.getLogger("rakuten.training")
 
@@ -134,7 +141,7 @@ def prepare_data(config: TrainConfig, labels: LabelMap, version: str
     images = image_cache.build(data.image_paths, config.model.image_size, Path(config.cache_dir) / "images",
                                config.image_workers)
     quality = data_quality.check_dataset(data_dir, data, images, config.quality, config.max_rows or None)
-    data_quality.enforce(quality, config.experiment, version)
+    tracking.record_quality_failure(quality, config.experiment, version)
     usable = quality.usable_rows(data)
     train, val, evaluation = (usable[rows] for rows in three_way_split(
         data.productids[usable], data.codes[usable], config.eval_fraction, config.val_fraction, config.seed))

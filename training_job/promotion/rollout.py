@@ -9,8 +9,8 @@ API; without it they load the champion pointer's version). A rollout therefore i
    patch also sets ``canaryTrafficPercent``: the new revision gets that share of the traffic,
    is smoke-tested, then a second patch removes the field (100 %).
 2. Wait, bounded by ``rollout_timeout``, until the new pods are Ready and no old one is left
-   (``training_job.kserve_status``); a pod that cannot start fails the rollout at once.
-3. A V2 smoke call must answer with the new ``model_version`` (``training_job.smoke``).
+   (``training_job.promotion.kserve_status``); a pod that cannot start fails the rollout at once.
+3. A V2 smoke call must answer with the new ``model_version`` (``training_job.promotion.smoke``).
 
 A failed step is reported; ``training_job.promote`` then restores the previous champion
 (registry alias and pointer) and calls ``restore`` with the previous annotation. Each outcome is
@@ -23,12 +23,13 @@ import logging
 import socket
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
+from rakuten_common.errors import RakutenError
 from rakuten_common.options import option
-from training_job import kserve_status, smoke
-from training_job.kserve_status import ANNOTATION, Progress
+from training_job.promotion import kserve_status, smoke
+from training_job.promotion.kserve_status import ANNOTATION, Progress
 
 logger = logging.getLogger("rakuten.rollout")
 
@@ -60,7 +61,7 @@ class RolloutConfig:
                                  help="seconds between two status reads")
 
 
-class RolloutError(RuntimeError):
+class RolloutError(RakutenError, RuntimeError):
     """The Kubernetes API refused or could not be reached."""
 
 
@@ -98,7 +99,7 @@ def current_namespace(configured: str) -> str:
         from kubernetes import config
 
         return config.list_kube_config_contexts()[1]["context"].get("namespace") or "default"
-    except Exception:  # noqa: BLE001 - no kubeconfig: the default namespace
+    except Exception:
         return "default"
 
 
@@ -158,7 +159,7 @@ class Rollout:
 
     def event(self, reason: str, message: str, warning: bool = False) -> None:
         """A Kubernetes Event on the InferenceService (``kubectl describe`` shows it); never fatal."""
-        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         try:
             isvc = self.read()
             body = {"metadata": {"generateName": f"{self.name}.", "namespace": self.namespace},
@@ -221,7 +222,7 @@ class Rollout:
     def _steps(self, isvc: dict, result: RolloutResult, revision: str | None, percent: int, value: str | None,
                expected_version: str, started: float) -> RolloutResult:
         mode, previous = result.mode, result.previous
-        change = {"annotations": {ANNOTATION: value}}
+        change: dict[str, object] = {"annotations": {ANNOTATION: value}}
         if mode == "Knative":
             change["canaryTrafficPercent"] = percent if percent < 100 else None
         canary_set = ((isvc.get("spec") or {}).get("predictor") or {}).get("canaryTrafficPercent") is not None

@@ -31,8 +31,8 @@ from rakuten_common.labels import LabelMap
 from rakuten_common.preprocessing import ImageInfo, clean_text
 from rakuten_common.profile import is_blank, model_vocabulary, product_features
 from training_job.config import QualityConfig
-from training_job.dataset import Dataset, DatasetError
-from training_job.image_cache import ImageCache
+from training_job.data.dataset import Dataset, DatasetError
+from training_job.data.image_cache import ImageCache
 
 logger = logging.getLogger("rakuten.training.data_quality")
 
@@ -200,21 +200,3 @@ def log_to_mlflow(report: QualityReport) -> None:
     mlflow.log_metrics({f"dq_{name}": float(value) for name, value in report.stats.items()})
     mlflow.log_text(report.to_json(), "data_quality.json")
 
-
-def enforce(report: QualityReport, experiment: str, run_name: str) -> None:
-    """Log the report; on any violation record a FAILED MLflow run and raise ``DataQualityError``."""
-    from training_job import tracking
-
-    log_report(report)
-    if not report.violations:
-        return
-    import mlflow
-
-    tracking.start_run(experiment, run_name=run_name)
-    try:
-        mlflow.set_tag("failure", "data_quality")
-        log_to_mlflow(report)
-    finally:
-        mlflow.end_run(status="FAILED")
-    raise DataQualityError(f"data quality: {len(report.violations)} rule(s) broken, nothing trained: "
-                           + "; ".join(report.violations))

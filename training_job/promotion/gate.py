@@ -20,7 +20,7 @@ import numpy as np
 
 from rakuten_common.data_layout import TRAIN
 from rakuten_common.labels import LabelMap
-from training_job.evaluation import classification_metrics
+from training_job.training.evaluation import classification_metrics
 
 logger = logging.getLogger("rakuten.gate")
 
@@ -66,9 +66,9 @@ class Decision:
 
 def evaluation_set(data_dir: str, cache_dir: Path, eval_fraction: float) -> EvaluationSet:
     """The evaluation split of the dataset at ``data_dir`` (a folder or ``s3://``), rows with an image."""
-    from training_job.data_source import local_dataset
-    from training_job.dataset import load_dataset
-    from training_job.splits import evaluation_mask
+    from training_job.data.dataset import load_dataset
+    from training_job.data.source import local_dataset
+    from training_job.training.splits import evaluation_mask
 
     data = load_dataset(local_dataset(data_dir, cache_dir, TRAIN))
     rows = np.flatnonzero(evaluation_mask(data.productids, eval_fraction))
@@ -80,9 +80,9 @@ def evaluation_set(data_dir: str, cache_dir: Path, eval_fraction: float) -> Eval
 
 def predict_codes(bundle: Path, rows: EvaluationSet, batch_size: int, workers: int) -> np.ndarray:
     """The top-1 prdtypecode of every row by the bundle at ``bundle``; -1 where its image cannot be decoded."""
-    from rakuten_common.runner import ModelRunner
     from rakuten_common.bundle import load_bundle
-    from training_job.batch_predict import predict_rows
+    from rakuten_common.runner import ModelRunner
+    from training_job.prediction.scoring import predict_rows
 
     model, labels, spec = load_bundle(bundle)
     runner = ModelRunner(model, spec)

@@ -28,8 +28,8 @@ class SmokeResult:
 
 
 def _body() -> bytes:
-    from rakuten_common.v2_client import Product, infer_request
     from rakuten_common.synthetic import make_image, make_text
+    from rakuten_common.v2_client import Product, infer_request
 
     rng = np.random.default_rng(2220)
     designation, description = make_text(rng, 2220)

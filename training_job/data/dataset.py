@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 
 from rakuten_common.data_layout import LABEL_COLUMN, TRAIN, X_COLUMNS, Split
+from rakuten_common.errors import RakutenError
 from rakuten_common.preprocessing import product_text
 
 
-class DatasetError(RuntimeError):
+class DatasetError(RakutenError, RuntimeError):
     """The data folder does not hold a usable Rakuten dataset."""
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rakuten_common.bundle import MODEL_NAME, VERSION_PATTERN, Manifest
+from rakuten_common.errors import RakutenError
 from rakuten_common.model_uri import MODEL_VERSION_TAG, STORAGE_URI_TAG
 
 logger = logging.getLogger("rakuten.registry")
@@ -24,7 +25,7 @@ TAGGED_METRICS = ("weighted_f1", "accuracy", "macro_f1", "eval_weighted_f1", "ev
                   "best_epoch")
 
 
-class RegistryError(RuntimeError):
+class RegistryError(RakutenError, RuntimeError):
     """The registry cannot be reached or does not hold what was asked for."""
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from rakuten_common.data_layout import Split
 from rakuten_common.storage import StorageError, s3_client, split_s3_uri
-from training_job.dataset import DatasetError, image_paths, read_split
-from training_job.object_sync import download, list_objects
+from training_job.data.dataset import DatasetError, image_paths, read_split
+from training_job.data.object_sync import download, list_objects
 
 logger = logging.getLogger("rakuten.datasets")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from training_job.image_cache import ImageCache
+from training_job.data.image_cache import ImageCache
 
 
 def batches(texts: np.ndarray, images: ImageCache | None, rows: np.ndarray, labels: np.ndarray | None,

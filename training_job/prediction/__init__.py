@@ -1,0 +1,1 @@
+"""Batch prediction: a published model applied to a whole split, written as a CSV."""
