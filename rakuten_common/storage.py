@@ -32,6 +32,8 @@ logger = logging.getLogger("rakuten.storage")
 
 #: One path component of a key: no separators, no leading dot (so no ``.``/``..``), bounded.
 _SAFE_NAME = re.compile(r"^[0-9A-Za-z_][0-9A-Za-z._-]{0,127}$")
+#: One path component of a key: a safe name, or a partition like ``date=2026-12-03`` (captures).
+_KEY_PART = re.compile(r"^[0-9A-Za-z_][0-9A-Za-z._=-]{0,127}$")
 
 
 def validate_key(key: str) -> str:
@@ -39,8 +41,8 @@ def validate_key(key: str) -> str:
     if not isinstance(key, str) or not key or len(key) > 1024:
         raise StorageError(f"invalid storage key {str(key)[:80]!r}")
     parts = key.split("/")
-    if not all(_SAFE_NAME.match(part) for part in parts):
-        raise StorageError(f"unsafe storage key {key[:200]!r}: each part of a key must match {_SAFE_NAME.pattern}")
+    if not all(_KEY_PART.match(part) for part in parts):
+        raise StorageError(f"unsafe storage key {key[:200]!r}: each part of a key must match {_KEY_PART.pattern}")
     return key
 
 
