@@ -327,7 +327,8 @@ def test_training_on_base_and_two_increments_latest_label_wins_lineage_in_mlflow
     [run] = client.search_runs([client.get_experiment_by_name("rakuten-classifier").experiment_id])
     inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
     assert set(inputs) == {"base", "20261201T000000Z", "20261202T000000Z"}
-    assert inputs["20261202T000000Z"].dataset.source.endswith("/increments/20261202T000000Z")
+    assert json.loads(inputs["20261202T000000Z"].dataset.source)["uri"] == f"{dataset}/increments/20261202T000000Z"
+    assert json.loads(inputs["base"].dataset.source)["uri"] == dataset
     assert {name: {t.key: t.value for t in i.tags}["rows"] for name, i in inputs.items()} == {
         "base": str(len(base)), "20261201T000000Z": "6", "20261202T000000Z": "4"}
     assert all(i.dataset.digest for i in inputs.values())
