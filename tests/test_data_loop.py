@@ -345,3 +345,16 @@ def test_gzip_cut_capture_file_in_the_review_queue(products, s3_env, tmp_path):
                                                     "--output", str(output)], s3_env.env, tmp_path)
     assert done.returncode == 0 and "1 truncated files" in log(done) and "Traceback" not in log(done)
     assert 0 < len(read_csv(output)) < len(rows)  # the complete records before the cut
+
+
+def test_increment_selection_is_checked(capsys):
+    from training_job.__main__ import parse_config
+
+    assert parse_config(["--increments", "ALL"]).increments == "all"
+    assert parse_config(["--increments", "20261201T000000Z"]).increments == "20261201T000000Z"
+    with pytest.raises(SystemExit):
+        parse_config(["--increments", "../base"])
+    assert "not none, all or an increment name" in capsys.readouterr().err
+    with pytest.raises(increments.DatasetError, match="no complete increment of that name"):
+        increments.select(["20261201T000000Z"], "20261130T000000Z")
+    assert increments.select(["a", "b", "c"], "b") == ["a", "b"] and increments.select(["a"], "none") == []
