@@ -7,6 +7,7 @@ predictor writes them, from the sample's test products."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from pathlib import Path
 
@@ -182,7 +183,8 @@ def test_add_labels_joins_writes_an_increment_and_counts_every_skip(products, da
         {"productid": pid[8], "prdtypecode": "10"},                  # image never stored
         {"productid": pid[9], "prdtypecode": "1560"},                # first record of the cut file
     ])
-    args = ["--captures", captures.uri, "--labels", str(labels), "--dataset", dataset, "--increment", "20261201T120000Z",
+    args = ["--captures", captures.uri, "--labels", str(labels), "--dataset", dataset,
+            "--increment", "20261201T120000Z",
             "--cache-dir", str(tmp_path / "cache")]
     done = run_module("training_job.add_labels", args, s3_env.env, tmp_path)
     assert done.returncode == 0, log(done)[-3000:]
@@ -213,10 +215,10 @@ def test_add_labels_joins_writes_an_increment_and_counts_every_skip(products, da
                                         feedback.NO_IMAGE: 1}
     assert manifest["source_capture_files"] == sorted([whole, cut])
     assert manifest["capture_problems"] == {"truncated files": 1}
-    import hashlib
     assert manifest["labels_sha256"] == hashlib.sha256(labels.read_bytes()).hexdigest()
     assert manifest["productids_synthesised"] == 1 and manifest["code_version"] not in ("", None)
-    assert manifest["files"][TRAIN.features_csv] == hashlib.sha256((local / TRAIN.features_csv).read_bytes()).hexdigest()
+    features_sha256 = hashlib.sha256((local / TRAIN.features_csv).read_bytes()).hexdigest()
+    assert manifest["files"][TRAIN.features_csv] == features_sha256
 
     # written once, never changed: the same name again is refused, the increment stays as it was
     again = run_module("training_job.add_labels", args, s3_env.env, tmp_path)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import tempfile
 import time
 from collections import Counter
@@ -339,5 +338,4 @@ def write_increment(config: AddLabelsConfig, code_version: str) -> IncrementResu
         except StorageError as exc:
             raise FeedbackError(f"increment {name} could not be written (no manifest, so it is never read; "
                                 f"write it again under another name): {exc}") from None
-        shutil.rmtree(staged, ignore_errors=True)
     return IncrementResult(name, increments.increment_uri(config.dataset, name), manifest)
