@@ -10,7 +10,8 @@ endpoints, gRPC servicer) are composed with:
 - ``/metrics`` on its own port and thread with ``--metrics_port``;
 - on SIGTERM (or SIGINT): readiness fails at once (REST and gRPC), requests are served for
   ``--drain_seconds``, then both servers stop, giving requests in progress up to
-  ``--shutdown_timeout_seconds``. A second signal stops at once.
+  ``--shutdown_timeout_seconds``. A second signal stops at once. Then the inference capture
+  writes what it still holds (``model_server.capture``).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from typing import Any
 
 import uvicorn
 from kserve.model_repository import ModelRepository
@@ -62,7 +64,7 @@ class ModelServer:
         app = build_app(self.dataplane, self.admission, self.repository_extension, settings.enable_latency_logging)
         self.gate = Gate(app, settings, self.state, self.admission, self.keys, self.limiter)
         self._http: _Uvicorn | None = None
-        self._grpc = None
+        self._grpc: Any = None  # grpc.aio.Server once started
         self._stopping: asyncio.Task | None = None
 
     def _not_ready_reason(self) -> str | None:
@@ -108,6 +110,7 @@ class ModelServer:
                     f" and gRPC port {settings.grpc_port}" if settings.enable_grpc else "")
         await asyncio.gather(*servers)
         self.model.pool.close()
+        await asyncio.to_thread(self.model.close_capture)  # every answered request's sampled products
         logger.info("Server stopped")
 
     # -- stopping --------------------------------------------------------------------------------

@@ -25,12 +25,13 @@ import os
 import re
 import socket
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Callable, Iterator
+from datetime import UTC, datetime
 
 import orjson
 
+from rakuten_common.errors import CaptureError
 from rakuten_common.preprocessing import product_text
 
 #: Version of the record layout, written in every line as ``"v"``.
@@ -61,10 +62,6 @@ _FIELDS = ("v", "request_id", "productid", "designation", "description", "text_s
            "model_version", "top_k", "time", "content")
 
 
-class CaptureError(ValueError):
-    """A capture record or file that cannot be used; the message names the problem."""
-
-
 class CaptureFileTruncated(CaptureError):
     """A capture file that ends before its gzip end marker (cut while written or copied).
     The complete records before the cut were yielded; ``records`` says how many."""
@@ -87,14 +84,14 @@ def image_sha256(data: bytes) -> str:
 
 def utc_now() -> str:
     """The current UTC time as a record's ``time`` (``2026-12-03T17:32:10.123Z``)."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def pod_name() -> str:
     """This process's name in capture file names: ``$POD_NAME`` (downward API), else the host name,
     reduced to safe characters."""
     name = os.environ.get("POD_NAME", "").strip() or socket.gethostname() or "pod"
-    name = _POD_UNSAFE.sub("-", name).lstrip("._-")[:100]
+    name = _POD_UNSAFE.sub("-", name).lstrip("._-")[:80]  # + start time + seq: a key part stays <= 128
     return name or "pod"
 
 
@@ -162,7 +159,7 @@ def _check_sha(value, name: str) -> None:
 def _top_k(value) -> tuple[tuple[int, float], ...]:
     if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= MAX_TOP_K:
         raise CaptureError(f"top_k must be a list of 1 to {MAX_TOP_K} [prdtypecode, probability] pairs")
-    pairs = []
+    pairs: list[tuple[int, float]] = []
     for index, pair in enumerate(value):
         if not isinstance(pair, (list, tuple)) or len(pair) != 2:
             raise CaptureError(f"top_k[{index}] must be a [prdtypecode, probability] pair")

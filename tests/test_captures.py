@@ -9,8 +9,16 @@ import orjson
 import pytest
 
 from rakuten_common import captures
-from rakuten_common.captures import (CaptureError, CaptureFileTruncated, CaptureRecord, image_key,
-                                     parse_records_key, read_capture_file, records_key, write_capture_file)
+from rakuten_common.captures import (
+    CaptureError,
+    CaptureFileTruncated,
+    CaptureRecord,
+    image_key,
+    parse_records_key,
+    read_capture_file,
+    records_key,
+    write_capture_file,
+)
 from rakuten_common.storage import validate_key
 
 
@@ -158,6 +166,8 @@ def test_keys():
 def test_pod_name(monkeypatch):
     monkeypatch.setenv("POD_NAME", "rakuten-predictor-00001-deployment-7d9f/x y")
     assert captures.pod_name() == "rakuten-predictor-00001-deployment-7d9f-x-y"
+    monkeypatch.setenv("POD_NAME", "p" * 253)  # the longest Kubernetes name still makes a valid key
+    validate_key(records_key("2026-12-03", captures.pod_name() + "-20261203T101500", 123456))
     monkeypatch.delenv("POD_NAME")
     assert captures.pod_name()
     assert captures.utc_now().endswith("Z") and len(captures.utc_now()) == 24
