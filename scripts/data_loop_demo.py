@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import sys
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rakuten_common.data_layout import TEST
@@ -170,7 +170,7 @@ def main() -> int:
 
     step("3. Build the review queue from today's captures.")
     queue, labels = work / "review-queue.csv", work / "labels.csv"
-    today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
     if run(["-m", "training_job.review_queue", "--captures", str(captures), "--since", today, "--max-confidence",
             str(args.max_confidence), "--per-class", str(args.per_class), "--control", str(args.control),
             "--output", str(queue)], work / "3-review-queue.log", r"Read |Review queue|ERROR"):

@@ -11,7 +11,6 @@ import hashlib
 import json
 from pathlib import Path
 
-import boto3
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -26,7 +25,8 @@ from rakuten_common.captures import (
 )
 from rakuten_common.data_layout import TEST, TRAIN
 from rakuten_common.labels import PRDTYPECODES
-from tests.conftest import BUCKET, DATASETS_BUCKET, run_module, run_training
+from tests.support.commands import run_module, run_training
+from tests.support.s3 import BUCKET, DATASETS_BUCKET
 from training_job import sample_data
 from training_job.data import feedback, increments
 from training_job.data.dataset import read_split
@@ -45,7 +45,7 @@ def products(tmp_path_factory) -> Path:
                                 image_size=64)
 
 
-def test_rows(data_dir: Path) -> list[dict]:
+def sample_products(data_dir: Path) -> list[dict]:
     table = read_split(data_dir, TEST)
     return [{"designation": d, "description": s, "productid": int(p),
              "image": TEST.image_path(data_dir, i, p).read_bytes()}
@@ -61,10 +61,10 @@ def top_k(code: int, confidence: float) -> list[tuple[int, float]]:
 class Captures:
     """A capture prefix in the S3 server, written as the predictor writes it."""
 
-    def __init__(self, prefix: str):
+    def __init__(self, client, prefix: str):
         self.prefix = prefix
         self.uri = f"s3://{DATASETS_BUCKET}/{prefix}"
-        self.client = boto3.client("s3")
+        self.client = client
         self.seq = 0
 
     def put(self, key: str, body: bytes) -> None:
@@ -101,9 +101,10 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_review_queue_least_confident_first_with_control_sample_and_per_class_cap(products, s3_env, tmp_path):
-    rows = test_rows(products)
-    captures = Captures(f"captures-{tmp_path.name}")
+def test_review_queue_least_confident_first_with_control_sample_and_per_class_cap(products, s3_env, s3_client,
+                                                                                  tmp_path):
+    rows = sample_products(products)
+    captures = Captures(s3_client, f"captures-{tmp_path.name}")
     confidences = [0.05 * (i + 1) for i in range(16)] + [0.9, 0.91, 0.92, 0.93, 0.94, 0.95]  # 10 at <= 0.5
     records = [captures.record(rows[i], PRDTYPECODES[i % 3], c, f"req-{i}") for i, c in enumerate(confidences)]
     records.append(captures.record(rows[22], 10, 0.01, "req-hashes", content=CONTENT_HASHES))  # not reviewable
@@ -143,9 +144,9 @@ def dataset(products, s3_env, tmp_path) -> str:
     return uri
 
 
-def increment_objects(dataset_uri: str, name: str) -> dict[str, int]:
+def increment_objects(client, dataset_uri: str, name: str) -> dict[str, int]:
     bucket, prefix = dataset_uri[5:].split("/", 1)
-    listing = boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/increments/{name}/")
+    listing = client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/increments/{name}/")
     return {o["Key"].rsplit(f"increments/{name}/", 1)[1]: o["Size"] for o in listing.get("Contents", [])}
 
 
@@ -158,9 +159,9 @@ def write_labels(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def test_add_labels_joins_writes_an_increment_and_counts_every_skip(products, dataset, s3_env, tmp_path):
-    rows = test_rows(products)
-    captures = Captures(f"captures-{tmp_path.name}")
+def test_add_labels_joins_writes_an_increment_and_counts_every_skip(products, dataset, s3_env, s3_client, tmp_path):
+    rows = sample_products(products)
+    captures = Captures(s3_client, f"captures-{tmp_path.name}")
     records = [captures.record(rows[i], 10, 0.3, f"req-{i}") for i in range(6)]
     records.append(captures.record(rows[6], 10, 0.3, "req-no-productid", productid=False))
     records.append(captures.record(rows[7], 10, 0.3, "req-hashes", content=CONTENT_HASHES))
@@ -191,10 +192,10 @@ def test_add_labels_joins_writes_an_increment_and_counts_every_skip(products, da
     assert "Traceback" not in log(done)
     assert "truncated" in log(done) and "Increment s3://" in log(done), log(done)[-3000:]
 
-    objects = increment_objects(dataset, "20261201T120000Z")
+    objects = increment_objects(s3_client, dataset, "20261201T120000Z")
     assert {TRAIN.features_csv, TRAIN.labels_csv, increments.MANIFEST} <= set(objects)
     local = tmp_path / "increment"
-    client = boto3.client("s3")
+    client = s3_client
     bucket, prefix = dataset[5:].split("/", 1)
     for key in objects:
         (local / key).parent.mkdir(parents=True, exist_ok=True)
@@ -223,12 +224,12 @@ def test_add_labels_joins_writes_an_increment_and_counts_every_skip(products, da
     # written once, never changed: the same name again is refused, the increment stays as it was
     again = run_module("training_job.add_labels", args, s3_env.env, tmp_path)
     assert again.returncode == 1 and "immutable" in log(again) and "Traceback" not in log(again)
-    assert increment_objects(dataset, "20261201T120000Z") == objects
+    assert increment_objects(s3_client, dataset, "20261201T120000Z") == objects
 
 
-def test_bad_labels_files_are_one_line_errors(products, dataset, s3_env, tmp_path):
-    captures = Captures(f"captures-{tmp_path.name}")
-    captures.write_file([captures.record(test_rows(products)[0], 10, 0.3, "req-0")])
+def test_bad_labels_files_are_one_line_errors(products, dataset, s3_env, s3_client, tmp_path):
+    captures = Captures(s3_client, f"captures-{tmp_path.name}")
+    captures.write_file([captures.record(sample_products(products)[0], 10, 0.3, "req-0")])
     cases = {"no such file": (tmp_path / "absent.csv", "cannot be read"),
              "no label column": (write_text(tmp_path / "a.csv", "productid,code\n1,10\n"), "no prdtypecode column"),
              "no id": (write_text(tmp_path / "b.csv", "designation,prdtypecode\nx,10\n"), "productid or a request_id"),
@@ -246,9 +247,9 @@ def write_text(path: Path, text: str) -> Path:
     return path
 
 
-def test_an_increment_failing_the_quality_checks_is_not_written(products, dataset, s3_env, tmp_path):
-    rows = test_rows(products)
-    captures = Captures(f"captures-{tmp_path.name}")
+def test_an_increment_failing_the_quality_checks_is_not_written(products, dataset, s3_env, s3_client, tmp_path):
+    rows = sample_products(products)
+    captures = Captures(s3_client, f"captures-{tmp_path.name}")
     broken = [{**row, "image": row["image"][:200]} for row in rows[:4]]  # JPEG headers without pixels
     captures.write_file([captures.record(row, 10, 0.3, f"req-{i}") for i, row in enumerate(broken)])
     labels = write_labels(tmp_path / "labels.csv", [{"productid": r["productid"], "prdtypecode": "10"} for r in broken])
@@ -256,7 +257,7 @@ def test_an_increment_failing_the_quality_checks_is_not_written(products, datase
                                                   dataset, "--increment", "broken"], s3_env.env, tmp_path)
     assert done.returncode == 1 and "refused by the data-quality checks" in log(done), log(done)[-3000:]
     assert "unreadable images" in log(done) and "Traceback" not in log(done)
-    assert increment_objects(dataset, "broken") == {}
+    assert increment_objects(s3_client, dataset, "broken") == {}
 
 
 def add_increment(captures: Captures, dataset: str, name: str, labels: dict[int, int], products: list[dict],
@@ -270,14 +271,14 @@ def add_increment(captures: Captures, dataset: str, name: str, labels: dict[int,
     return feedback.write_increment(config, "test").manifest
 
 
-def test_crash_before_the_manifest_leaves_nothing_that_is_read(products, dataset, s3_env, tmp_path):
-    rows = test_rows(products)
-    captures = Captures(f"captures-{tmp_path.name}")
+def test_crash_before_the_manifest_leaves_nothing_that_is_read(products, dataset, s3_env, s3_client, tmp_path):
+    rows = sample_products(products)
+    captures = Captures(s3_client, f"captures-{tmp_path.name}")
     add_increment(captures, dataset, "20261201T000000Z", {rows[0]["productid"]: 40}, rows[:1], tmp_path)
     # a writer that died after the images and CSVs: every file but the manifest
     bucket, prefix = dataset[5:].split("/", 1)
-    client = boto3.client("s3")
-    for key in increment_objects(dataset, "20261201T000000Z"):
+    client = s3_client
+    for key in increment_objects(s3_client, dataset, "20261201T000000Z"):
         if key != increments.MANIFEST:
             client.copy_object(Bucket=bucket, Key=f"{prefix}/increments/20261202T000000Z/{key}",
                                CopySource={"Bucket": bucket, "Key": f"{prefix}/increments/20261201T000000Z/{key}"})
@@ -291,15 +292,15 @@ def test_crash_before_the_manifest_leaves_nothing_that_is_read(products, dataset
 
 
 def test_training_on_base_and_two_increments_latest_label_wins_lineage_in_mlflow(products, dataset, s3_env,
-                                                                                 tmp_path):
-    rows = test_rows(products)
+                                                                                 s3_client, tmp_path):
+    rows = sample_products(products)
     base = read_split(products, TRAIN)
     base_product, base_code = int(base["productid"].iloc[0]), int(base["prdtypecode"].iloc[0])
     new_code = next(c for c in PRDTYPECODES if c != base_code)
     base_row = {"designation": base["designation"].iloc[0], "description": base["description"].iloc[0],
                 "productid": base_product,
                 "image": TRAIN.image_path(products, base["imageid"].iloc[0], base_product).read_bytes()}
-    captures = Captures(f"captures-{tmp_path.name}")
+    captures = Captures(s3_client, f"captures-{tmp_path.name}")
     first = {r["productid"]: PRDTYPECODES[i] for i, r in enumerate(rows[:6])}
     add_increment(captures, dataset, "20261201T000000Z", first, rows[:6], tmp_path)
     second = {rows[0]["productid"]: 2905, rows[1]["productid"]: first[rows[1]["productid"]],  # relabel, confirm
@@ -338,9 +339,9 @@ def test_training_on_base_and_two_increments_latest_label_wins_lineage_in_mlflow
     assert run.data.metrics["data_rows_replaced"] == 3 and run.data.metrics["data_rows"] == len(base) + 7
 
 
-def test_gzip_cut_capture_file_in_the_review_queue(products, s3_env, tmp_path):
-    captures = Captures(f"captures-{tmp_path.name}")
-    rows = test_rows(products)
+def test_gzip_cut_capture_file_in_the_review_queue(products, s3_env, s3_client, tmp_path):
+    captures = Captures(s3_client, f"captures-{tmp_path.name}")
+    rows = sample_products(products)
     captures.write_file([captures.record(row, 10, 0.2, f"req-{i}") for i, row in enumerate(rows)], cut=True)
     output = tmp_path / "queue.csv"
     done = run_module("training_job.review_queue", ["--captures", captures.uri, "--since", DAY, "--per-class", "0",

@@ -28,8 +28,6 @@ def increment_selection(text: str) -> str:
     return value
 
 
-increment_selection.metavar = "none|all|UNTIL"
-
 #: Thread pools default to the container's CPU limit (rakuten_common.cpu), not the node's cores;
 #: read when the parser is built, so CPU_LIMIT set by then counts.
 _CPU_LIMIT = "the CPU limit (CPU_LIMIT, cgroup quota or usable CPUs)"
@@ -98,7 +96,7 @@ class TrainConfig:
                                 "images/image_train/): a folder or s3://bucket/prefix")
     model_uri: str = option(f"model-store/{MODEL_NAME}", env="MODEL_URI", metavar="URI",
                             help="where versions are published: a folder or s3://bucket/prefix")
-    increments: str = option("all", env="INCREMENTS", type=increment_selection,
+    increments: str = option("all", env="INCREMENTS", type=increment_selection, metavar="none|all|UNTIL",
                              help="dataset increments (DATA_DIR/increments/<name>/, those with a manifest) trained on "
                                   "with the base: none, all, or UNTIL (that increment and every earlier one)")
     generate_sample: int = option(0, env="GENERATE_SAMPLE_ROWS", metavar="ROWS",

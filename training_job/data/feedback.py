@@ -150,7 +150,7 @@ def join(labels: pd.DataFrame, captured: list[Captured]) -> JoinResult:
         by_request.setdefault(item.record.request_id, []).append(item)
     codes = set(PRDTYPECODES)
     result = JoinResult([], len(labels))
-    chosen: dict[tuple, Joined] = {}
+    chosen: dict[int, Joined] = {}  # by productid
     for number, row in enumerate(labels.to_dict("records"), start=2):  # line 1 is the header
         where = f"line {number}"
         code_text = str(row.get(LABEL_COLUMN, "")).strip()

@@ -152,7 +152,8 @@ def combine(parts: list[Part]) -> tuple[pd.DataFrame, list[Path], int, int]:
     """The parts' rows as one table (a new integer index), each row's image file, and how many rows
     a later part's productid replaced (and relabelled). Duplicates inside one part are kept (the
     data-quality checks count them)."""
-    tables, images = [], []
+    tables: list[pd.DataFrame] = []
+    images: list[Path] = []
     for part in parts:
         table = part.table.reset_index(drop=True).copy()
         table["_part"] = len(tables)

@@ -77,11 +77,13 @@ def build_queue(captured: list[Captured], max_confidence: float = 0.5, per_class
     counts["products"] = len(products)
     usable = [r for r in products if r.content == CONTENT_FULL]
     counts["hashes-only (left out)"] = len(products) - len(usable)
-    uncertain, confident = [], []
+    uncertain: list[CaptureRecord] = []
+    confident: list[CaptureRecord] = []
     for record in usable:
         (uncertain if record.confidence <= max_confidence else confident).append(record)
     uncertain.sort(key=lambda r: (r.confidence, r.time, r.request_id))
-    chosen, per_code = [], Counter()
+    chosen: list[QueueRow] = []
+    per_code: Counter[int] = Counter()
     for record in uncertain:
         if per_class and per_code[record.prediction] >= per_class:
             counts["uncertain over the per-class cap (left out)"] += 1

@@ -20,16 +20,12 @@ def day(text: str) -> str:
     return value
 
 
-day.metavar = "YYYY-MM-DD"
-
 
 def increment_name(text: str) -> str:
     if not INCREMENT_NAME.match(text.strip()):
         raise argparse.ArgumentTypeError(f"{text!r} is not a valid increment name (letters, digits, . _ -)")
     return text.strip()
 
-
-increment_name.metavar = "NAME"
 
 _CACHE = Path(tempfile.gettempdir()) / "rakuten-cache"
 
@@ -38,7 +34,7 @@ _CACHE = Path(tempfile.gettempdir()) / "rakuten-cache"
 class ReviewQueueConfig:
     captures: str = option("", env="CAPTURE_URI", metavar="URI",
                            help="the predictor's capture prefix: a folder or s3://bucket/prefix")
-    since: str | None = option(None, type=day, help="read the captures of this UTC day and later", shown="required")
+    since: str | None = option(None, type=day, metavar="YYYY-MM-DD", help="read the captures of this UTC day and later", shown="required")
     output: Path | None = option(None, type=Path, metavar="FILE.csv", help="the queue to write", shown="required")
     max_confidence: float = option(0.5, type=SHARE, metavar="PROB",
                                    help="products whose top-1 probability is at most this are 'uncertain'")
@@ -57,8 +53,8 @@ class AddLabelsConfig:
                                       "(a filled-in review queue)", shown="required")
     dataset: str = option("", env="DATA_DIR", metavar="DIR|URI",
                           help="the dataset to add an increment to: a folder or s3://bucket/prefix")
-    since: str | None = option(None, type=day, help="only join captures of this UTC day and later", shown="every day")
-    increment: str | None = option(None, type=increment_name, shown="the UTC time, e.g. 20261203T174512Z",
+    since: str | None = option(None, type=day, metavar="YYYY-MM-DD", help="only join captures of this UTC day and later", shown="every day")
+    increment: str | None = option(None, type=increment_name, metavar="NAME", shown="the UTC time, e.g. 20261203T174512Z",
                                    help="name of the new increment (refused if it exists: increments are immutable)")
     max_unreadable_images: float = option(0.05, env="MAX_UNREADABLE_IMAGES", type=SHARE, metavar="SHARE",
                                           help="refuse the increment when more of its images than this share "

@@ -33,6 +33,7 @@ class PromoteConfig:
     data_dir: str = option(_training_default("data_dir"), env="DATA_DIR", metavar="DIR|URI",
                            help="dataset whose evaluation split both models are scored on: a folder or s3://")
     increments: str = option(_training_default("increments"), env="INCREMENTS", type=increment_selection,
+                             metavar="none|all|UNTIL",
                              help="dataset increments read with the base, as in training: none, all or UNTIL")
     eval_fraction: float = option(_training_default("eval_fraction"), env="EVAL_FRACTION",
                                   help="share of products in the evaluation split (as in training)")
