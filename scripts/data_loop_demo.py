@@ -51,7 +51,7 @@ def run(args: list[str], log: Path, pattern: str) -> int:
     log.write_text(done.stdout + done.stderr)
     for line in (done.stdout + done.stderr).splitlines():
         if re.search(pattern, line):
-            show(line.split(": ", 1)[-1])  # the message, without time, level and logger
+            show(line.split(": ", 1)[-1].strip())  # the message, without time, level and logger
     show(f"exit code {done.returncode}")
     return done.returncode
 

@@ -91,6 +91,11 @@ class Captures:
         return key
 
 
+def command(module: str, args: list[str], env: dict[str, str], cwd: Path):
+    """``python -m <module> <args>`` with the S3 settings ``env``, in ``cwd``."""
+    return run_module(module, *args, env=env, cwd=cwd)
+
+
 def log(done) -> str:
     """A command's whole output (its log lines go to stdout, tracebacks to stderr)."""
     return done.stdout + done.stderr
@@ -115,7 +120,7 @@ def test_review_queue_least_confident_first_with_control_sample_and_per_class_ca
     output = tmp_path / "queue.csv"
     args = ["--captures", captures.uri, "--since", DAY, "--per-class", "3", "--control", "4", "--seed", "1",
             "--output", str(output)]
-    done = run_module("training_job.review_queue", args, s3_env.env, tmp_path)
+    done = command("training_job.review_queue", args, s3_env.env, tmp_path)
     assert done.returncode == 0, log(done)[-3000:]
     queue = read_csv(output)
     uncertain = [r for r in queue if r["sample"] == "uncertain"]
@@ -133,7 +138,7 @@ def test_review_queue_least_confident_first_with_control_sample_and_per_class_ca
     assert first["code_2"] and first["probability_3"] and first["prdtypecode"] == ""
     assert "1 hashes-only (left out)" in log(done) and "1 uncertain over the per-class cap" in log(done)
     again = tmp_path / "again.csv"
-    assert run_module("training_job.review_queue", [*args[:-1], str(again)], s3_env.env, tmp_path).returncode == 0
+    assert command("training_job.review_queue", [*args[:-1], str(again)], s3_env.env, tmp_path).returncode == 0
     assert again.read_text() == output.read_text()  # the control sample is seeded
 
 
@@ -187,7 +192,7 @@ def test_add_labels_joins_writes_an_increment_and_counts_every_skip(products, da
     args = ["--captures", captures.uri, "--labels", str(labels), "--dataset", dataset,
             "--increment", "20261201T120000Z",
             "--cache-dir", str(tmp_path / "cache")]
-    done = run_module("training_job.add_labels", args, s3_env.env, tmp_path)
+    done = command("training_job.add_labels", args, s3_env.env, tmp_path)
     assert done.returncode == 0, log(done)[-3000:]
     assert "Traceback" not in log(done)
     assert "truncated" in log(done) and "Increment s3://" in log(done), log(done)[-3000:]
@@ -222,7 +227,7 @@ def test_add_labels_joins_writes_an_increment_and_counts_every_skip(products, da
     assert manifest["files"][TRAIN.features_csv] == features_sha256
 
     # written once, never changed: the same name again is refused, the increment stays as it was
-    again = run_module("training_job.add_labels", args, s3_env.env, tmp_path)
+    again = command("training_job.add_labels", args, s3_env.env, tmp_path)
     assert again.returncode == 1 and "immutable" in log(again) and "Traceback" not in log(again)
     assert increment_objects(s3_client, dataset, "20261201T120000Z") == objects
 
@@ -234,11 +239,16 @@ def test_bad_labels_files_are_one_line_errors(products, dataset, s3_env, s3_clie
              "no label column": (write_text(tmp_path / "a.csv", "productid,code\n1,10\n"), "no prdtypecode column"),
              "no id": (write_text(tmp_path / "b.csv", "designation,prdtypecode\nx,10\n"), "productid or a request_id"),
              "nothing usable": (write_text(tmp_path / "c.csv", "productid,prdtypecode\n1,99\n"), "nothing to add")}
-    for what, (labels, message) in cases.items():
-        done = run_module("training_job.add_labels", ["--captures", captures.uri, "--labels", str(labels),
-                                                      "--dataset", dataset], s3_env.env, tmp_path)
-        assert done.returncode == 1 and message in log(done), (what, log(done))
-        assert "Traceback" not in log(done), what
+    for labels, message in cases.values():
+        config = AddLabelsConfig(captures=captures.uri, labels=labels, dataset=dataset, cache_dir=tmp_path / "cache")
+        with pytest.raises(feedback.FeedbackError, match=message):
+            feedback.write_increment(config, "test")
+    # the command: one ERROR line, exit 1, no traceback
+    done = command("training_job.add_labels", ["--captures", captures.uri, "--labels", str(tmp_path / "c.csv"),
+                                               "--dataset", dataset], s3_env.env, tmp_path)
+    errors = [line for line in log(done).splitlines() if " ERROR " in line]
+    assert done.returncode == 1 and len(errors) == 1 and "nothing to add" in errors[0], log(done)
+    assert "1 unknown prdtypecode" in errors[0] and "Traceback" not in log(done)
     assert not increments.complete_increments(dataset)
 
 
@@ -253,7 +263,7 @@ def test_an_increment_failing_the_quality_checks_is_not_written(products, datase
     broken = [{**row, "image": row["image"][:200]} for row in rows[:4]]  # JPEG headers without pixels
     captures.write_file([captures.record(row, 10, 0.3, f"req-{i}") for i, row in enumerate(broken)])
     labels = write_labels(tmp_path / "labels.csv", [{"productid": r["productid"], "prdtypecode": "10"} for r in broken])
-    done = run_module("training_job.add_labels", ["--captures", captures.uri, "--labels", str(labels), "--dataset",
+    done = command("training_job.add_labels", ["--captures", captures.uri, "--labels", str(labels), "--dataset",
                                                   dataset, "--increment", "broken"], s3_env.env, tmp_path)
     assert done.returncode == 1 and "refused by the data-quality checks" in log(done), log(done)[-3000:]
     assert "unreadable images" in log(done) and "Traceback" not in log(done)
@@ -344,7 +354,7 @@ def test_gzip_cut_capture_file_in_the_review_queue(products, s3_env, s3_client, 
     rows = sample_products(products)
     captures.write_file([captures.record(row, 10, 0.2, f"req-{i}") for i, row in enumerate(rows)], cut=True)
     output = tmp_path / "queue.csv"
-    done = run_module("training_job.review_queue", ["--captures", captures.uri, "--since", DAY, "--per-class", "0",
+    done = command("training_job.review_queue", ["--captures", captures.uri, "--since", DAY, "--per-class", "0",
                                                     "--output", str(output)], s3_env.env, tmp_path)
     assert done.returncode == 0 and "1 truncated files" in log(done) and "Traceback" not in log(done)
     assert 0 < len(read_csv(output)) < len(rows)  # the complete records before the cut

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,7 +123,7 @@ class Lineage:
 
     def summary(self) -> str:
         shown = ", ".join(f"{p.name} {len(p.table)}" for p in self.parts)
-        return (f"{self.rows} rows from {shown} rows; {self.replaced} earlier rows replaced by a later label of the "
+        return (f"{self.rows} rows ({shown}); {self.replaced} earlier rows replaced by a later label of the "
                 f"same productid ({self.relabelled} with another prdtypecode)")
 
     def log_to_mlflow(self) -> None:
@@ -131,8 +132,10 @@ class Lineage:
         import mlflow.data
 
         for part in self.parts:
-            dataset = mlflow.data.from_pandas(part.table.reset_index(drop=True), source=part.source,
-                                              targets=LABEL_COLUMN, name=part.name, digest=part.digest[:32])
+            with warnings.catch_warnings():  # MLflow's hints on source resolution and integer columns: noise here
+                warnings.simplefilter("ignore", UserWarning)
+                dataset = mlflow.data.from_pandas(part.table.reset_index(drop=True), source=part.source,
+                                                  targets=LABEL_COLUMN, name=part.name, digest=part.digest[:32])
             mlflow.log_input(dataset, context="training", tags={"rows": str(len(part.table)),
                                                                  "part": "base" if part.name == BASE else "increment"})
         mlflow.set_tags({"data_increments": ",".join(self.increments) or "none"})
