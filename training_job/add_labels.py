@@ -26,10 +26,15 @@ from training_job.data.settings import AddLabelsConfig
 logger = logging.getLogger("rakuten.add_labels")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training_job.add_labels", formatter_class=HelpFormatter,
                                      description=__doc__.split("\n\n")[0])
     add_options(parser, AddLabelsConfig)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     config = from_args(AddLabelsConfig, parser.parse_args(argv))
     missing = [flag for flag, value in (("--captures", config.captures), ("--labels", config.labels),
                                         ("--dataset", config.dataset)) if not value]

@@ -26,10 +26,15 @@ from training_job.data.settings import ReviewQueueConfig
 logger = logging.getLogger("rakuten.review_queue")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training_job.review_queue", formatter_class=HelpFormatter,
                                      description=__doc__.split("\n\n")[0])
     add_options(parser, ReviewQueueConfig)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     config = from_args(ReviewQueueConfig, parser.parse_args(argv))
     missing = [flag for flag, value in (("--captures", config.captures), ("--since", config.since),
                                         ("--output", config.output)) if not value]
