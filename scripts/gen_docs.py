@@ -56,11 +56,6 @@ COMMANDS = (
     # The promotion runs inside the training container (PROMOTE): its settings are that container's.
     Command("Promotion", "python -m training_job.promote", "training_job.promote:build_parser", "training_job",
             "promotion"),
-    # The data loop's commands (docs/data-loop.md) run with the training image; no chart template runs them.
-    Command("Review queue", "python -m training_job.review_queue", "training_job.review_queue:build_parser",
-            "training_job.review_queue", "review-queue"),
-    Command("Add labels", "python -m training_job.add_labels", "training_job.add_labels:build_parser",
-            "training_job.add_labels", "add-labels"),
 )
 
 
