@@ -4,7 +4,8 @@
         [--rounds 2] [--rates 0,0.1,1] [--payload binary] [--concurrency 32] [--products 1000]
 
 One real ``python -m model_server`` per (round, rate), capturing to a real S3 API server
-(moto_server on 127.0.0.1, MinIO's stand-in) with ``--capture_uri s3://bench-captures/run<n>``,
+(moto_server on 127.0.0.1, MinIO's stand-in) with ``--capture_uri s3://bench-captures/run<n>``
+(files every 2 s, so that the writing falls inside the measured window),
 driven by the serving benchmark's closed-loop client (its own process, one product per request).
 Rounds alternate the order (off, 0.1, 1.0, then 1.0, 0.1, off ...) so that the machine's drift
 falls on every rate alike; the table gives each rate's mean and its ratio to capture off.
@@ -48,6 +49,59 @@ class CaptureCostSettings(CommonSettings):
         return replace(self, duration=3.0, warmup=1.0, rounds=1, products=64) if self.quick else self
 
 
+def in_process(products, s3_env: dict, content: str) -> dict:
+    """What capturing one product costs, measured in this process against the S3 API server:
+    the request path (sampling and enqueueing, best of 5 passes) and the writer thread's CPU
+    per record (hashing, JSON, gzip, the image and records uploads; every image new)."""
+    import os
+    import threading
+    import time
+
+    import numpy as np
+
+    from model_server.capture import Capture, CaptureWriter, open_capture_store
+    from model_server.codec import Products
+    from model_server.settings import CaptureSettings
+
+    os.environ.update(s3_env)
+    uri = "s3://bench-captures/in-process"
+    settings = CaptureSettings(uri, 1.0, content, 1 << 40, 1000, 3600.0)
+    codes = np.array([[10, 2280, 40]], dtype=np.int64)
+    probabilities = np.array([[0.7, 0.2, 0.1]], dtype=np.float32)
+    batches = [Products([p.designation], [p.description], [p.image], 3, [i]) for i, p in enumerate(products)]
+
+    def queued(name: str) -> tuple[Capture, CaptureWriter]:
+        """A capture whose writer is not started: what is observed stays queued."""
+        writer = CaptureWriter(open_capture_store(uri), settings, "capture-cost", name=name)
+        return Capture(writer, 1.0), writer
+
+    best = float("inf")
+    for attempt in range(5):
+        capture, _ = queued(f"request-path-{attempt}")
+        started = time.perf_counter()
+        for i, batch in enumerate(batches):
+            capture.observe(f"r{i}", batch, codes, probabilities, "v1")
+        best = min(best, (time.perf_counter() - started) / len(batches))
+    capture, writer = queued("writer")
+    for i, batch in enumerate(batches):
+        capture.observe(f"r{i}", batch, codes, probabilities, "v1")
+    cpu = {}
+    run = writer._run
+
+    def timed():
+        started = time.thread_time()
+        run()
+        cpu["seconds"] = time.thread_time() - started
+
+    writer._thread = threading.Thread(target=timed, daemon=True)  # the writer's loop, timed in its thread
+    writer.start()
+    writer.close(600)
+    result = {"request_path_us": best * 1e6, "writer_cpu_ms": cpu["seconds"] / len(batches) * 1e3}
+    log.info("in process: request path %.1f us per product; writer thread %.2f ms CPU per record (%s content, "
+             "every image new)", result["request_path_us"], result["writer_cpu_ms"], content)
+    return result
+
+
 def label(rate: float) -> str:
     return "off" if rate == 0 else f"{rate:g}"
 
@@ -57,8 +111,9 @@ def measure(settings: CaptureCostSettings, model_dir: Path, workdir: Path, s3_en
     """One server at ``rate``: the client's cell and the capture counters."""
     args = shlex.split(settings.server_args)
     if rate > 0:
+        # Files every 2 s: the writing happens inside the measured window, not after it.
         args += [f"--capture_uri=s3://bench-captures/run{run}", f"--capture_sample_rate={rate}",
-                 f"--capture_content={settings.capture_content}"]
+                 f"--capture_content={settings.capture_content}", "--capture_flush_seconds=2"]
     with running_model_server(str(model_dir), workdir / f"server-{run}-{label(rate)}.log", args,
                               batch_size=32, env=s3_env) as (server, _):
         (cell,) = run_client(workdir, server.url, server.pid, [(settings.payload, settings.concurrency)],
@@ -113,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     with s3_api_server(workdir / "moto.log") as s3_env:
         boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1",
                      aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket="bench-captures")
+        costs = in_process(products[:300], s3_env, settings.capture_content)
         run = 0
         for round_ in range(settings.rounds):
             for rate in (settings.rates if round_ % 2 == 0 else tuple(reversed(settings.rates))):
@@ -121,9 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nCapture cost, {settings.payload} c={settings.concurrency}, {settings.duration:g} s per server, "
           f"{settings.rounds} round(s), {described['count']} distinct products:\n")
     print(table(results, settings.rates), flush=True)
+    print(f"\nIn process: the request path costs {costs['request_path_us']:.1f} us per captured product; the "
+          f"writer thread {costs['writer_cpu_ms']:.2f} ms of CPU per record ({settings.capture_content} content, "
+          "every image new).", flush=True)
     if settings.json:
         settings.json.parent.mkdir(parents=True, exist_ok=True)
-        settings.json.write_text(json.dumps({"model": model, "products": described, "runs": results}, indent=2) + "\n")
+        settings.json.write_text(json.dumps({"model": model, "products": described, "in_process": costs,
+                                             "runs": results}, indent=2) + "\n")
     errors = sum(r["errors"] for r in results)
     if errors:
         log.error("PROBLEM: %d requests failed", errors)

@@ -117,6 +117,7 @@ class CaptureWriter:
         """Queue ``items``, or drop (and count) those the byte bound has no room for. Never waits
         for the writer: the lock only guards list appends."""
         taken = dropped = 0
+        was_empty = False
         with self._cond:
             if self._closing:
                 dropped = len(items)
@@ -127,11 +128,14 @@ class CaptureWriter:
                         continue
                     if not self._pending:
                         self._oldest = self._clock()
+                        was_empty = True
                     self._pending.append(item)
                     self._pending_bytes += item.size
                     self._held_bytes += item.size
                     taken += 1
-                if taken and (len(self._pending) >= self.settings.file_records or self._pending_bytes >= FILE_BYTES):
+                # Wake the writer for the first product (it then waits for the age flush) and when a file is full.
+                if taken and (was_empty or len(self._pending) >= self.settings.file_records
+                              or self._pending_bytes >= FILE_BYTES):
                     self._cond.notify()
         if dropped:
             self._dropped.inc(dropped)
@@ -153,7 +157,9 @@ class CaptureWriter:
             logger.info("Writing the %d captured records still queued", waiting)
             self._thread.join(timeout)
         if self._thread.is_alive():
-            logger.warning("capture: %d records not written within %.0f s of shutdown", len(self._pending), timeout)
+            with self._cond:
+                left = self._held_bytes
+            logger.warning("capture: %d bytes of records still not written %.0f s into the shutdown", left, timeout)
             return False
         return True
 

@@ -123,6 +123,16 @@ def test_files_are_flushed_on_size_and_on_age(tmp_path):
     assert cap.close(30)
 
 
+def test_a_lone_product_is_written_on_age(tmp_path):
+    """An idle writer wakes for the first product and writes it when it is --capture_flush_seconds old."""
+    cap = capture(str(tmp_path), model="capture-age", flush_seconds=0.3)
+    store = open_capture_store(str(tmp_path))
+    cap.observe("req-age", products(1), *answers(1), "v1")
+    wait_until(lambda: len(store.list_objects("captures")) == 1, 20, "one file flushed on age", interval=0.1)
+    assert [r.request_id for r in read_all(store)] == ["req-age"]
+    assert cap.close(30)
+
+
 def read_all_key(store, key):
     return list(read_capture_file(store.get_bytes(key), key))
 
