@@ -25,6 +25,8 @@ UPLOAD_ARGS ?=
 PREDICTIONS ?= results/predictions.csv
 TOP_K       ?= 1
 MLFLOW_PORT ?= 5000
+# data-loop-demo: everything it writes (data, models, captures, MLflow) goes here, emptied first
+DATA_LOOP_DIR ?= results/data-loop-demo
 # promote: extra arguments, e.g. PROMOTE_ARGS="--force" or "--to 3" (python -m training_job.promote --help)
 PROMOTE_ARGS ?=
 
@@ -35,7 +37,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 SYSTEM_PACKAGES ?= prometheus docker.io debootstrap shellcheck unzip
 
 .PHONY: help venv system-deps sample-data train serve demo test test-fast lint clean upload-data batch-predict mlflow-ui \
-        promote lifecycle-demo docs
+        promote lifecycle-demo data-loop-demo docs
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_.-]+:.*?## ' $(MAKEFILE_LIST) | sort -u | \
@@ -80,6 +82,9 @@ promote: $(STAMP) ## Judge the registry's challenger against the champion on DAT
 lifecycle-demo: sample-data ## Train, promote, train a worse model (refused by the gate), serve the champion
 	$(PY) scripts/lifecycle_demo.py --data-dir $(DATA_DIR) --model-uri $(MODEL_URI) --train-args "$(TRAIN_ARGS)" \
 	  --http-port $(HTTP_PORT)
+
+data-loop-demo: $(STAMP) ## Serve with capture on, review queue, true labels as corrections -> increment, retrain, gate
+	$(PY) scripts/data_loop_demo.py --workdir $(DATA_LOOP_DIR) --train-args "$(TRAIN_ARGS)"
 
 upload-data: $(STAMP) ## Upload the dataset in UPLOAD_SRC (raw layout) to DATA_URI=s3://bucket/prefix, resumable (UPLOAD_ARGS=--create-bucket)
 	$(PY) -m training_job.upload_data $(UPLOAD_ARGS) $(UPLOAD_SRC) $(DATA_URI)

@@ -4,6 +4,8 @@
 """
 from __future__ import annotations
 
+import argparse
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +13,20 @@ from pathlib import Path
 from rakuten_common.bundle import MODEL_NAME
 from rakuten_common.cpu import available_cpus
 from rakuten_common.options import AT_LEAST_ONE, COUNT, POSITIVE, SHARE, bounded, option
+
+#: An increment's name: a sortable UTC timestamp by default (``20261203T174512Z``); names sort in time order.
+INCREMENT_NAME = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
+
+
+def increment_selection(text: str) -> str:
+    """``--increments``: ``none``, ``all``, or an increment name UNTIL (that one and every earlier one)."""
+    value = text.strip()
+    if value.lower() in ("none", "all"):
+        return value.lower()
+    if not INCREMENT_NAME.match(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not none, all or an increment name like 20261203T174512Z")
+    return value
+
 
 #: Thread pools default to the container's CPU limit (rakuten_common.cpu), not the node's cores;
 #: read when the parser is built, so CPU_LIMIT set by then counts.
@@ -80,6 +96,9 @@ class TrainConfig:
                                 "images/image_train/): a folder or s3://bucket/prefix")
     model_uri: str = option(f"model-store/{MODEL_NAME}", env="MODEL_URI", metavar="URI",
                             help="where versions are published: a folder or s3://bucket/prefix")
+    increments: str = option("all", env="INCREMENTS", type=increment_selection, metavar="none|all|UNTIL",
+                             help="dataset increments (DATA_DIR/increments/<name>/, those with a manifest) trained on "
+                                  "with the base: none, all, or UNTIL (that increment and every earlier one)")
     generate_sample: int = option(0, env="GENERATE_SAMPLE_ROWS", metavar="ROWS",
                                   help="first write a sample dataset of about ROWS rows into --data-dir "
                                        "(a folder) if it holds none (0: never)")

@@ -28,6 +28,9 @@ from rakuten_common.synthetic import make_image, make_text
 
 logger = logging.getLogger("rakuten.sample_data")
 REAL_TRAIN_ROWS = 84_916
+#: The test split's true labels (``,prdtypecode``, same index as X_test_update.csv): not part of the
+#: real layout (the challenge never published them); written on request, for the data-loop demo.
+TEST_TRUTH_CSV = "Y_test_truth.csv"
 
 
 def class_counts(rows: int, minimum: int = 6) -> dict[int, int]:
@@ -60,8 +63,9 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
 
 
 def generate(out: Path, rows: int = 2700, test_rows: int = 0, seed: int = 0,
-             missing_images: int = 0, image_size: int = 500) -> Path:
-    """Write a sample dataset of about ``rows`` training rows under ``out``; return ``out``."""
+             missing_images: int = 0, image_size: int = 500, test_truth: bool = False) -> Path:
+    """Write a sample dataset of about ``rows`` training rows under ``out``; return ``out``.
+    ``test_truth``: also write the test split's true labels (``TEST_TRUTH_CSV``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -73,6 +77,9 @@ def generate(out: Path, rows: int = 2700, test_rows: int = 0, seed: int = 0,
     if test_rows:
         test_codes = rng.choice(list(PRDTYPECODES), size=test_rows).tolist()
         _write_csv(out / TEST.features_csv, header, _write_split(out, TEST, test_codes, rng, len(codes), 0, image_size))
+        if test_truth:
+            _write_csv(out / TEST_TRUTH_CSV, ["", "prdtypecode"],
+                       [[len(codes) + i, c] for i, c in enumerate(test_codes)])
     return out
 
 
@@ -86,10 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
     parser.add_argument("--missing-images", type=int, default=0,
                         help="leave out this many training images (to exercise the loader's report)")
+    parser.add_argument("--test-truth", action="store_true",
+                        help=f"also write the test split's true labels ({TEST_TRUTH_CSV}, not in the real layout)")
     args = parser.parse_args(argv)
     configure_logging()
     logger.info("Generating sample Rakuten data into %s (seed %d)", args.out, args.seed)
-    generate(args.out, args.rows, args.test_rows, args.seed, args.missing_images)
+    generate(args.out, args.rows, args.test_rows, args.seed, args.missing_images, test_truth=args.test_truth)
     return 0
 
 

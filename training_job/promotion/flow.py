@@ -108,7 +108,7 @@ def judge(config: PromoteConfig, challenger: RegisteredVersion, champion: Regist
     )
 
     policy = GatePolicy(config.tolerance, config.recall_floor, config.min_class_support)
-    rows = evaluation_set(config.data_dir, config.cache_dir, config.eval_fraction)
+    rows = evaluation_set(config.data_dir, config.cache_dir, config.eval_fraction, config.increments)
     predicted = {}
     for role, version in (("challenger", challenger), ("champion", champion)):
         if version is None:
@@ -226,7 +226,8 @@ def promote_after_training(train: TrainConfig, result) -> int:
     environment, the dataset, evaluation split and cache of the run. A refusal is a normal end of a
     training run (exit 0, recorded like any decision); a rolled-back rollout exits 4."""
     config = dataclasses.replace(from_environment(PromoteConfig), data_dir=str(train.data_dir),
-                                 eval_fraction=train.eval_fraction, cache_dir=train.cache_dir)
+                                 eval_fraction=train.eval_fraction, cache_dir=train.cache_dir,
+                                 increments=train.increments)
     outcome = promote(config, from_environment(RolloutConfig))
     write_termination_message(f"trained {result.version_uri}; {outcome.summary}")
     return EXIT_OK if outcome.exit_code == EXIT_REFUSED else outcome.exit_code

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from rakuten_common.data_layout import TRAIN
 from rakuten_common.labels import LabelMap
 from training_job.training.evaluation import classification_metrics
 
@@ -64,13 +63,15 @@ class Decision:
     collapsed: tuple[int, ...] = ()
 
 
-def evaluation_set(data_dir: str, cache_dir: Path, eval_fraction: float) -> EvaluationSet:
-    """The evaluation split of the dataset at ``data_dir`` (a folder or ``s3://``), rows with an image."""
+def evaluation_set(data_dir: str, cache_dir: Path, eval_fraction: float,
+                   increments: str = "all") -> EvaluationSet:
+    """The evaluation split of the dataset at ``data_dir`` (a folder or ``s3://``; its base and the
+    chosen increments, as training reads them), rows with an image."""
     from training_job.data.dataset import load_dataset
-    from training_job.data.source import local_dataset
+    from training_job.data.increments import training_data
     from training_job.training.splits import evaluation_mask
 
-    data = load_dataset(local_dataset(data_dir, cache_dir, TRAIN))
+    data = load_dataset(training_data(data_dir, cache_dir, increments)[0])
     rows = np.flatnonzero(evaluation_mask(data.productids, eval_fraction))
     logger.info("Evaluation split of %s: %d of %d rows with an image (fraction %.2f by productid hash; "
                 "dataset fingerprint %s)", data_dir, len(rows), len(data), eval_fraction, data.fingerprint[:12])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rakuten_common.cpu import available_cpus
 from rakuten_common.options import option
-from training_job.config import TrainConfig
+from training_job.config import TrainConfig, increment_selection
 
 #: Products per model call when re-scoring.
 EVAL_BATCH_SIZE = 64
@@ -32,6 +32,9 @@ class PromoteConfig:
                                     help="classes with fewer evaluation rows are not held to the recall floor")
     data_dir: str = option(_training_default("data_dir"), env="DATA_DIR", metavar="DIR|URI",
                            help="dataset whose evaluation split both models are scored on: a folder or s3://")
+    increments: str = option(_training_default("increments"), env="INCREMENTS", type=increment_selection,
+                             metavar="none|all|UNTIL",
+                             help="dataset increments read with the base, as in training: none, all or UNTIL")
     eval_fraction: float = option(_training_default("eval_fraction"), env="EVAL_FRACTION",
                                   help="share of products in the evaluation split (as in training)")
     cache_dir: Path = option(_training_default("cache_dir"), env="CACHE_DIR", metavar="DIR",

@@ -15,7 +15,6 @@ from sklearn.utils.class_weight import compute_sample_weight
 
 from rakuten_common.artifacts import ensure_new_version, publish
 from rakuten_common.bundle import Manifest, PreprocessingSpec, new_version, save_bundle
-from rakuten_common.data_layout import TRAIN
 from rakuten_common.labels import LabelMap
 from rakuten_common.profile import ReferenceProfile, build_profile
 from rakuten_common.storage import open_store
@@ -23,7 +22,7 @@ from training_job.config import ModelConfig, TrainConfig
 from training_job.data import image_cache
 from training_job.data import quality as data_quality
 from training_job.data.dataset import Dataset, load_dataset
-from training_job.data.source import local_dataset
+from training_job.data.increments import Lineage, training_data
 from training_job.training import tracking
 from training_job.training.evaluation import (
     classification_metrics,
@@ -129,10 +128,11 @@ def reference_profile(quality: data_quality.QualityReport, data: Dataset, rows: 
 
 
 def prepare_data(config: TrainConfig, labels: LabelMap, version: str
-                 ) -> tuple[Dataset, Split, image_cache.ImageCache, data_quality.QualityReport]:
-    """Load, decode, check and split: everything before the first epoch. A broken data-quality
-    rule raises ``DataQualityError`` (and records a FAILED MLflow run) before any training."""
-    data_dir = local_dataset(config.data_dir, config.cache_dir, TRAIN)
+                 ) -> tuple[Dataset, Split, image_cache.ImageCache, data_quality.QualityReport, Lineage]:
+    """Load (the base and the chosen increments), decode, check and split: everything before the
+    first epoch. A broken data-quality rule raises ``DataQualityError`` (and records a FAILED
+    MLflow run) before any training."""
+    data_dir, lineage = training_data(config.data_dir, config.cache_dir, config.increments)
     logger.info("Loading Rakuten data from %s", data_dir)
     data = load_dataset(data_dir, config.max_rows or None)
     if data.missing_images:
@@ -149,7 +149,7 @@ def prepare_data(config: TrainConfig, labels: LabelMap, version: str
     logger.info("%d usable rows: %d train / %d validation (stratified) / %d evaluation (fixed by productid), "
                 "%d classes; dataset fingerprint %s", len(usable), len(train), len(val), len(evaluation),
                 len(np.unique(data.codes[usable])), data.fingerprint[:12])
-    return data, Split(train, val, evaluation), images, quality
+    return data, Split(train, val, evaluation), images, quality, lineage
 
 
 def run(config: TrainConfig) -> TrainResult:
@@ -158,7 +158,7 @@ def run(config: TrainConfig) -> TrainResult:
     labels = LabelMap()
     version = config.version or new_version()
     ensure_new_version(open_store(config.model_uri), version)  # fail before training, not after
-    data, split, images, quality = prepare_data(config, labels, version)
+    data, split, images, quality, lineage = prepare_data(config, labels, version)
     branches = config.model.branches
 
     with tracking.start_run(config.experiment, run_name=version) as active:
@@ -169,6 +169,7 @@ def run(config: TrainConfig) -> TrainResult:
         mlflow.set_tags({"mlflow.source.git.commit": tracking.git_commit(), "model_version": version,
                          "dataset_fingerprint": data.fingerprint})
         mlflow.log_metric("rows_missing_image", len(data.missing_images))
+        lineage.log_to_mlflow()
         data_quality.log_to_mlflow(quality)
         model, vocabulary, best_epoch = fit(config, config.model, data, split, images, labels)
         val_probabilities = predict(model, data, split.val, images, branches, config.batch_size)
