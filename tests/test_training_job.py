@@ -9,8 +9,8 @@ import mlflow
 import pytest
 
 from rakuten_common.labels import PRDTYPECODES
-from training_job.config import WIDE_REGULARISERS
 from tests.conftest import BUCKET, run_training
+from training_job.config import WIDE_REGULARISERS
 
 
 @pytest.fixture(scope="module")

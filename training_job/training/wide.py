@@ -31,9 +31,14 @@ import tensorflow as tf
 from sklearn.metrics import f1_score
 from sklearn.svm import LinearSVC
 
-from rakuten_common.labels import LabelMap
 from training_job.config import WIDE_REGULARISERS, ModelConfig
-from training_job.training.model import DEEP_LOGITS_LAYER, OUTPUT_LAYER, TFIDF_LAYER, VECTORIZER_LAYER, WIDE_LAYER
+from training_job.training.model import (
+    DEEP_LOGITS_LAYER,
+    OUTPUT_LAYER,
+    TFIDF_LAYER,
+    VECTORIZER_LAYER,
+    WIDE_LAYER,
+)
 
 logger = logging.getLogger("rakuten.training")
 
