@@ -48,3 +48,37 @@ class SparseTfIdf(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "depth": self.depth, "dropout": self.dropout}
+
+
+@keras.saving.register_keras_serializable(package="rakuten")
+class LogitFusion(layers.Layer):
+    """``[logits_1, ..., logits_k]`` (each ``(N, C)``) -> ``softmax(sum_i scale_i * logits_i + bias)``.
+
+    How the wide & deep text model combines its parts' logits. ``scale`` and ``bias`` are saved,
+    non-trainable weights: they start as "the first part alone" (scale ``[1, 0, ...]``, bias 0),
+    so the deep part trains as if alone, and are then fitted on the validation split
+    (``set_fusion``; ``training_job.training.wide``), where no part has seen the labels.
+    """
+
+    def __init__(self, parts: int, classes: int, **kwargs):
+        super().__init__(**kwargs)
+        self.parts, self.classes = int(parts), int(classes)
+        self.scale = self.add_weight(shape=(self.parts,), trainable=False, name="scale",
+                                     initializer=keras.initializers.Constant([1.0] + [0.0] * (self.parts - 1)))
+        self.bias = self.add_weight(shape=(self.classes,), initializer="zeros", trainable=False, name="bias")
+
+    def set_fusion(self, scale: np.ndarray, bias: np.ndarray) -> None:
+        self.scale.assign(np.asarray(scale, "float32").reshape(self.parts))
+        self.bias.assign(np.asarray(bias, "float32").reshape(self.classes))
+
+    def call(self, logits):
+        fused = self.bias
+        for i, part in enumerate(logits):
+            fused = fused + self.scale[i] * part
+        return keras.ops.softmax(fused, axis=-1)
+
+    def compute_output_spec(self, logits):
+        return keras.KerasTensor(logits[0].shape, dtype="float32")
+
+    def get_config(self):
+        return {**super().get_config(), "parts": self.parts, "classes": self.classes}

@@ -10,6 +10,7 @@ import pytest
 from rakuten_common.labels import PRDTYPECODES
 from tests.support.commands import run_training
 from tests.support.s3 import BUCKET
+from training_job.config import WIDE_REGULARISERS
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +52,22 @@ def test_fused_model_beats_each_branch_alone(run):
     fused, text, image = (metrics[f"val_{k}weighted_f1"] for k in ("", "text_only_", "image_only_"))
     print(f"weighted F1 fused {fused:.3f}, text only {text:.3f}, image only {image:.3f}")
     assert fused > text + 0.1 and fused > image + 0.1
+
+
+def test_the_wide_part_is_solved_and_recorded_next_to_the_fused_model(published, run):
+    """Wide & deep (the default): solver, C and each part's validation score in the log and MLflow;
+    the fused-vs-wide check ran (a WARNING with both figures only if the fused model is worse)."""
+    out = published.stdout
+    assert re.search(r"Wide part: linearsvc with C [\d.]+ on \d+ TF-IDF features", out), out[-3000:]
+    assert re.search(r"Wide & deep on the validation split: weighted F1 deep alone [\d.]+, wide alone [\d.]+, "
+                     r"fused [\d.]+", out)
+    _, found = run
+    params, metrics = found.data.params, found.data.metrics
+    assert params["wide.solver"] == "linearsvc" and float(params["wide.regulariser"]) in WIDE_REGULARISERS["linearsvc"]
+    assert {"val_wide_weighted_f1", "val_deep_weighted_f1", "val_fused_weighted_f1"} <= set(metrics)
+    assert metrics["val_fused_weighted_f1"] == pytest.approx(metrics["val_weighted_f1"], abs=0.01)
+    below = metrics["val_fused_weighted_f1"] < metrics["val_wide_weighted_f1"]
+    assert ("scores below its wide part alone" in published.stderr) == below
 
 
 def test_mlflow_run_holds_params_metrics_figure_model_and_lineage(run, manifest):

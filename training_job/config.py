@@ -32,6 +32,9 @@ def increment_selection(text: str) -> str:
 #: read when the parser is built, so CPU_LIMIT set by then counts.
 _CPU_LIMIT = "the CPU limit (CPU_LIMIT, cgroup quota or usable CPUs)"
 
+#: The wide part's regularisers (the solver's C) tried on the validation split, per solver.
+WIDE_REGULARISERS = {"linearsvc": (0.5, 1.0, 2.0), "logreg": (10.0, 30.0, 100.0)}
+
 #: Image backbones: name -> (keras.applications constructor, input rescaling (scale, offset)).
 BACKBONES = {
     "mobilenet_v2": ("MobileNetV2", (1 / 127.5, -1.0)),
@@ -54,6 +57,10 @@ class ModelConfig:
     backbone_weights: Path | None = option(None, env="BACKBONE_WEIGHTS", type=Path, metavar="FILE",
                                            help="pretrained weights file for --backbone (then frozen); "
                                                 "nothing is ever downloaded")
+    wide_solver: str = option("linearsvc", env="WIDE_SOLVER", choices=("linearsvc", "logreg", "none"),
+                              help="text branch's wide part: a linear layer on the TF-IDF n-grams whose weights this "
+                                   "convex solver fits on the training split (regulariser chosen on the validation "
+                                   "split), its logits fused with the deep branches' (none: deep branches only)")
     num_classes: int = 27
     text_ngrams: int = 2
     text_units: int = 256

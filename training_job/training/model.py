@@ -7,10 +7,12 @@ tensor of cleaned product text and ``image`` a ``(N, size, size, 3)`` uint8 tens
 training split and saved inside it.
 
 Text branch: a bag of word 1-2-grams, TF-IDF weighted in-graph (``SparseTfIdf``), then a dense
-projection. Chosen on 47 k real product texts (benchmarks/text_quality.py): it reached 0.771
-weighted F1 where the earlier embedding + Conv1D branch reached 0.718 and sequence encoders
-(CNN 0.744, bag + CNN 0.770) cost more for no gain; it reads every token, so long French
-descriptions are not truncated.
+projection (deep), and beside it a *wide* part: a linear layer on the same TF-IDF vector whose
+weights a convex solver fits (``training.wide``), its logits fused with the deep ones. The bag
+was chosen on 47 k real product texts (benchmarks/text_quality.py): it reached 0.771 weighted F1
+where the earlier embedding + Conv1D branch reached 0.718 and sequence encoders (CNN 0.744,
+bag + CNN 0.770) cost more for no gain; it reads every token, so long French descriptions are
+not truncated.
 """
 from __future__ import annotations
 
@@ -19,14 +21,26 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from rakuten_common.layers import SparseTfIdf
+from rakuten_common.layers import LogitFusion, SparseTfIdf
 from training_job.config import BACKBONES, ModelConfig
 
 VECTORIZER_LAYER = "text_ngrams"
+TFIDF_LAYER = "text_tfidf"
+#: The wide part (a linear layer on the TF-IDF vector, weights from ``training.wide``), the
+#: deep branches' logits, and the layer fusing both into the output.
+WIDE_LAYER = "text_wide"
+DEEP_LOGITS_LAYER = "deep_logits"
+OUTPUT_LAYER = "probabilities"
 
 
-def text_branch(text: keras.KerasTensor, train_texts: np.ndarray, config: ModelConfig) -> keras.KerasTensor:
-    """``(N, 1)`` cleaned text -> ``(N, text_units)`` features; vocabulary and idf from ``train_texts``."""
+def has_wide_part(config: ModelConfig) -> bool:
+    return config.wide_solver != "none" and "text" in config.branches
+
+
+def text_branch(text: keras.KerasTensor, train_texts: np.ndarray, config: ModelConfig
+                ) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    """``(N, 1)`` cleaned text -> ``(N, text_units)`` deep features and the sparse ``(N, max_tokens)``
+    TF-IDF vector they are computed from; vocabulary and idf from ``train_texts``."""
     train_texts = tf.constant(np.asarray(train_texts, dtype=str).reshape(-1))
     vectorizer = layers.TextVectorization(
         max_tokens=config.max_tokens, standardize=None, split="whitespace", ngrams=config.text_ngrams,
@@ -35,10 +49,11 @@ def text_branch(text: keras.KerasTensor, train_texts: np.ndarray, config: ModelC
     doc_freq = np.zeros(vectorizer.vocabulary_size(), "float64")
     for batch in tf.data.Dataset.from_tensor_slices(train_texts).batch(4096):
         np.add.at(doc_freq, vectorizer(batch).indices[:, 1].numpy(), 1.0)  # one entry per (row, n-gram)
-    tfidf = SparseTfIdf(vectorizer.vocabulary_size(), dropout=config.text_token_dropout, name="text_tfidf")
+    tfidf = SparseTfIdf(vectorizer.vocabulary_size(), dropout=config.text_token_dropout, name=TFIDF_LAYER)
     tfidf.set_idf(doc_freq, len(train_texts))
-    x = layers.Dense(config.text_units, activation="relu", name="text_dense")(tfidf(vectorizer(text)))
-    return layers.Dropout(config.text_dropout, name="text_dropout")(x)
+    weights = tfidf(vectorizer(text))
+    x = layers.Dense(config.text_units, activation="relu", name="text_dense")(weights)
+    return layers.Dropout(config.text_dropout, name="text_dropout")(x), weights
 
 
 def vocabulary(model: keras.Model) -> list[str]:
@@ -80,11 +95,17 @@ def backbone_features(image: keras.KerasTensor, config: ModelConfig) -> keras.Ke
 
 def build_model(config: ModelConfig, train_texts: np.ndarray | None = None) -> keras.Model:
     """Build (not compile) the classifier with the branches named in ``config.branches``
-    (``train_texts``: the training split's texts, from which the text branch learns its vocabulary)."""
-    inputs, features = {}, []
+    (``train_texts``: the training split's texts, from which the text branch learns its vocabulary).
+
+    With a wide part (``config.wide_solver``), the output fuses the deep logits with the wide
+    layer's; until ``training.wide`` sets the fusion, the output is the deep part's alone."""
+    inputs, features, wide = {}, [], None
     if "text" in config.branches:
         inputs["text"] = keras.Input(shape=(1,), dtype="string", name="text")
-        features.append(text_branch(inputs["text"], train_texts, config))
+        deep_text, tfidf = text_branch(inputs["text"], train_texts, config)
+        features.append(deep_text)
+        if has_wide_part(config):  # frozen: its weights come from a convex solver (training.wide)
+            wide = layers.Dense(config.num_classes, trainable=False, name=WIDE_LAYER)(tfidf)
     if "image" in config.branches:
         size = config.image_size
         inputs["image"] = keras.Input(shape=(size, size, 3), dtype="uint8", name="image")
@@ -94,5 +115,9 @@ def build_model(config: ModelConfig, train_texts: np.ndarray | None = None) -> k
     x = layers.Concatenate(name="fusion")(features) if len(features) > 1 else features[0]
     x = layers.Dense(config.fusion_units, activation="relu", name="fusion_dense")(x)
     x = layers.Dropout(config.dropout, name="fusion_dropout")(x)
-    outputs = layers.Dense(config.num_classes, activation="softmax", name="probabilities")(x)
+    if wide is None:
+        outputs = layers.Dense(config.num_classes, activation="softmax", name=OUTPUT_LAYER)(x)
+    else:  # wide & deep: softmax(a * deep logits + b * wide logits + c), a, b, c fitted after training
+        deep = layers.Dense(config.num_classes, name=DEEP_LOGITS_LAYER)(x)
+        outputs = LogitFusion(2, config.num_classes, name=OUTPUT_LAYER)([deep, wide])
     return keras.Model(inputs=inputs, outputs=outputs, name="rakuten_classifier")

@@ -23,7 +23,7 @@ from training_job.data import image_cache
 from training_job.data import quality as data_quality
 from training_job.data.dataset import Dataset, load_dataset
 from training_job.data.increments import Lineage, training_data
-from training_job.training import tracking
+from training_job.training import tracking, wide
 from training_job.training.evaluation import (
     classification_metrics,
     confusion_figure,
@@ -31,7 +31,7 @@ from training_job.training.evaluation import (
     per_class_f1_figure,
 )
 from training_job.training.inputs import batches
-from training_job.training.model import build_model
+from training_job.training.model import build_model, has_wide_part
 from training_job.training.model import vocabulary as model_vocabulary
 from training_job.training.registry import Registry
 from training_job.training.splits import three_way_split
@@ -75,15 +75,19 @@ class EpochLog(keras.callbacks.Callback):
 
 def fit(config: TrainConfig, model_config: ModelConfig, data: Dataset, split: Split,
         images: image_cache.ImageCache, labels: LabelMap) -> tuple[keras.Model, list[str], int]:
-    """Fit one model with early stopping on validation weighted F1; return it (best weights),
-    its vocabulary and the 1-based number of its best epoch."""
+    """Fit one model with early stopping on validation weighted F1 (its wide part first, its fusion
+    last: ``training.wide``); return it (best weights), its vocabulary and the 1-based number of
+    its best epoch."""
     keras.utils.set_random_seed(config.seed)
     model = build_model(model_config, data.texts[split.train])
     num_classes = len(labels)
+    targets = np.array([labels.to_index(c) for c in data.codes])
+    if has_wide_part(model_config):
+        wide.fit_wide(model, model_config, data.texts, targets, split.train, split.val, config.seed)
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                   loss="categorical_crossentropy",
                   metrics=["accuracy", keras.metrics.F1Score(average="weighted", name="weighted_f1")])
-    y = keras.utils.to_categorical([labels.to_index(c) for c in data.codes], num_classes).astype(np.float32)
+    y = keras.utils.to_categorical(targets, num_classes).astype(np.float32)
     # 'Balanced' weights (n / (k * count)), computed on the training rows, so rare codes count as much.
     weights = np.ones(len(data), dtype=np.float32)
     weights[split.train] = compute_sample_weight("balanced", data.codes[split.train])
@@ -102,6 +106,9 @@ def fit(config: TrainConfig, model_config: ModelConfig, data: Dataset, split: Sp
     if stop.stopped_epoch:
         logger.info("Early stop after epoch %d: best validation weighted F1 %.4f at epoch %d (weights restored)",
                     stop.stopped_epoch + 1, max(scores), best_epoch)
+    if has_wide_part(model_config):
+        wide.fit_fusion(model, batches(data.texts, images, split.val, None, config.batch_size * 4,
+                                       model_config.branches), targets[split.val])
     return model, model_vocabulary(model), best_epoch
 
 
