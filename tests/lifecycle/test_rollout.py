@@ -107,10 +107,16 @@ def env(versions, lifecycle_env, tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def cluster(versions, env, s3, artifacts_dir, tmp_path_factory):
-    """The stand-in cluster, its first pod serving the champion through the pointer (a fresh install)."""
+def first_champion(versions, env) -> str:
+    """The good version made champion without a rollout (the pointer the first pods load)."""
     first = promote({k: v for k, v in env.items() if k != "INFERENCE_SERVICE"}, "--to", versions["good"])
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    return versions["good"]
+
+
+@pytest.fixture(scope="module")
+def cluster(versions, first_champion, env, s3, artifacts_dir, tmp_path_factory):
+    """The stand-in cluster, its first pod serving the champion through the pointer (a fresh install)."""
     standin = StandInCluster(PREFIX, {**s3.env, "MODEL_CACHE_DIR": str(tmp_path_factory.mktemp("pods-cache"))},
                              artifacts_dir / "standin")
     standin.kubeconfig_path = standin.kubeconfig(tmp_path_factory.mktemp("kube") / "config")
@@ -206,7 +212,7 @@ def successful_patches(cluster) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def knative(versions, env, s3, artifacts_dir, tmp_path_factory):
+def knative(versions, first_champion, env, s3, artifacts_dir, tmp_path_factory):
     """A Knative-mode stand-in as a fresh install leaves it: the first revision never got ready (no
     model to load yet), so no revision has been rolled out. The tests below run on it in order."""
     standin = StandInCluster(PREFIX, {**s3.env, "MODEL_CACHE_DIR": str(tmp_path_factory.mktemp("kn-cache"))},
@@ -321,7 +327,7 @@ def test_a_failed_knative_canary_never_gets_all_the_traffic_during_the_rollback(
     assert load.failures == [] and load.after(load.finished) == {previous}
 
 
-def test_a_rollout_with_api_keys_on_sends_the_key(versions, env, s3, artifacts_dir, tmp_path_factory):
+def test_a_rollout_with_api_keys_on_sends_the_key(versions, first_champion, env, s3, artifacts_dir, tmp_path_factory):
     """The predictor has API keys on (the chart's mounted Secret); the training pod gets the same
     Secret as API_KEY_FILE. The smoke call must carry the key: without it every call is 401, the
     rollout and then its rollback fail (exit 1)."""
