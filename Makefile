@@ -30,7 +30,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # for an offline base image, shellcheck); helm and kubectl come from npm (scripts/install-tools.sh).
 SYSTEM_PACKAGES ?= prometheus docker.io debootstrap shellcheck unzip
 
-.PHONY: help venv system-deps sample-data train serve demo test clean upload-data batch-predict mlflow-ui \
+.PHONY: help venv system-deps sample-data train serve demo test test-fast lint clean upload-data batch-predict mlflow-ui \
         promote lifecycle-demo
 
 help: ## Show this help
@@ -79,8 +79,16 @@ batch-predict: $(STAMP) ## Classify DATA_DIR's test split with MODEL_URI into PR
 mlflow-ui: $(STAMP) ## Open MLflow's UI on the local runs (mlflow.db here) at http://127.0.0.1:MLFLOW_PORT
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
 
-test: $(STAMP) ## Run the whole test suite (installs what it needs)
+test: $(STAMP) ## Run the whole test suite and the static checks (installs what it needs)
+	@$(MAKE) --no-print-directory lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP) ## The fast tier: in-process tests only (no S3 server, training, server, helm, Docker); a minute or two
+	RAKUTEN_TEST_TIER=fast $(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
+
+lint: $(STAMP) ## Static checks: ruff (lint + import order) and mypy (pyproject.toml says which rules)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 clean: ## Remove generated data, models, MLflow runs and results (keeps .venv)
 	rm -rf data model-store mlflow.db mlruns.db mlruns mlartifacts results build

@@ -9,12 +9,13 @@ Each simulated user mostly classifies one product per request, sometimes a small
 products in one request), and now and then reads the model metadata or the readiness probe.
 Products (French title, HTML description or none, 500x500 JPEG) are built and encoded once at
 start (``loadtests/products.py``); ``--shift`` replaces them by products unlike the training data
-(one family, English texts, grayscale or tiny images), for the drift gauges and alerts. Every answer is checked (status 200, outputs of shape
-[N, top_k], known codes, sorted probabilities); a wrong answer counts as a failure. At the end
-the run exits non-zero if the failure ratio or the inference p95/p99 exceed the thresholds
-(``loadtests/thresholds.py``). Against a server with API keys on, the key comes from the
-environment, ``API_KEY`` or ``API_KEY_FILE`` (``rakuten_common.v2_client.api_key``), and is sent
-as ``Authorization: Bearer`` on every call but the readiness probe. The custom options are listed in ``loadtests/locust.conf`` and
+(one family, English texts, grayscale or tiny images), for the drift gauges and alerts. Every
+answer is checked (status 200, outputs of shape [N, top_k], known codes, sorted probabilities); a
+wrong answer counts as a failure. At the end the run exits non-zero if the failure ratio or the inference
+p95/p99 exceed the thresholds (``loadtests/thresholds.py``). Against a server with API keys on, the key
+comes from the environment, ``API_KEY`` or ``API_KEY_FILE`` (``rakuten_common.v2_client.api_key``), and
+is sent as ``Authorization: Bearer`` on every call but the readiness probe. The custom options are listed
+in ``loadtests/locust.conf`` and
 docs/performance.md (Locust prints its --help before loading this file, so they are not there).
 """
 from __future__ import annotations
@@ -29,8 +30,8 @@ from locust.runners import MasterRunner, WorkerRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, wherever locust runs from
 
-from loadtests import thresholds  # noqa: E402
-from loadtests.products import (  # noqa: E402
+from loadtests import thresholds
+from loadtests.products import (
     PAYLOADS,
     SHIFTS,
     RequestPool,
@@ -39,10 +40,10 @@ from loadtests.products import (  # noqa: E402
     parse_shifts,
     shifted_products,
 )
-from loadtests.profiles import SHAPES  # noqa: E402
-from loadtests.shapes import LoadProfile  # noqa: E402,F401 - Locust picks up the shape class
-from rakuten_common.bundle import MODEL_NAME  # noqa: E402
-from rakuten_common.v2_client import api_key, auth_headers  # noqa: E402
+from loadtests.profiles import SHAPES
+from loadtests.shapes import LoadProfile  # noqa: F401 - Locust picks up the shape class
+from rakuten_common.bundle import MODEL_NAME
+from rakuten_common.v2_client import api_key, auth_headers
 
 logger = logging.getLogger("loadtest")
 

@@ -230,11 +230,11 @@ def fetch(uri: str, cache_dir: Path, progress: ProgressFn = print, fallback: str
         if not candidates:
             raise ArtifactError(f"no complete model version (with {MANIFEST_FILE}) under {store.uri}")
         failures = []
-        for version, manifest in candidates:
+        for version, found in candidates:
             try:
-                if isinstance(manifest, ArtifactError):
-                    raise manifest
-                bundle = _fetch_one(store, version, manifest, cache_dir, progress)
+                if isinstance(found, ArtifactError):
+                    raise found
+                bundle = _fetch_one(store, version, found, cache_dir, progress)
             except ArtifactError as exc:
                 failures.append(f"{version}: {exc}")
                 if fallback == "none":
@@ -244,7 +244,7 @@ def fetch(uri: str, cache_dir: Path, progress: ProgressFn = print, fallback: str
                 continue
             if failures:
                 logger.warning("serving version %s: the %d newer version(s) are unusable", version, len(failures))
-            return bundle, manifest
+            return bundle, found
         raise ArtifactError(f"no usable model version under {store.uri}: " + "; ".join(failures))
     except StorageError as exc:
         raise ArtifactError(str(exc)) from exc

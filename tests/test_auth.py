@@ -19,8 +19,8 @@ from PIL import Image
 from model_server.auth import ApiKeys, RateLimiter, credential
 from rakuten_common.processes import free_port
 from rakuten_common.v2_client import Product, infer_request, infer_url, post
-from tests.helm import by_kind, one, render, tools  # noqa: F401 - tools is a fixture
-from tests.servers import start_model_server
+from tests.support.helm import by_kind, one, render
+from tests.support.servers import start_model_server
 
 pytestmark = pytest.mark.e2e
 KEY, OTHER = "k-" + "a" * 30, "k-" + "b" * 30
@@ -120,22 +120,22 @@ def test_helm_test_and_the_client_cli_send_the_key_of_the_environment(keyed, tmp
     """``python -m model_server.smoke_test`` (the chart's ``helm test`` pod, which gets the keys
     Secret as API_KEY_FILE) and ``python -m model_server.client`` (``make call-model``) against a
     server with keys on: each sends the key it finds, and never prints it."""
-    from tests.conftest import run_module
-    from tests.servers import REPO
+    from tests.support.commands import run_module
+    from tests.support.servers import REPO
 
     time.sleep(2)  # a full rate-limit bucket: each run makes two or one calls
-    smoke = run_module("model_server.smoke_test", ["--url", keyed.url, "--wait", "10"],
-                       {"API_KEY_FILE": str(keyed.keys)}, REPO, timeout=120)
+    smoke = run_module("model_server.smoke_test", "--url", keyed.url, "--wait", "10",
+                       env={"API_KEY_FILE": str(keyed.keys)}, cwd=REPO, timeout=120)
     assert smoke.returncode == 0, smoke.stdout[-2000:] + smoke.stderr[-2000:]
     assert "ok: infer" in smoke.stdout and KEY not in smoke.stdout + smoke.stderr
     time.sleep(1.5)
     image = tmp_path / "photo.jpg"
     image.write_bytes(jpeg())
-    client = run_module("model_server.client", ["--url", keyed.url, "--designation", "Tente de camping",
-                                                "--image", str(image)], {"API_KEY": KEY}, REPO, timeout=120)
+    client = run_module("model_server.client", "--url", keyed.url, "--designation", "Tente de camping",
+                        "--image", str(image), env={"API_KEY": KEY}, cwd=REPO, timeout=120)
     assert client.returncode == 0 and "#1 prdtypecode" in client.stdout, client.stderr[-2000:]
     time.sleep(1.5)
-    refused = run_module("model_server.smoke_test", ["--url", keyed.url, "--wait", "10"], {}, REPO, timeout=120)
+    refused = run_module("model_server.smoke_test", "--url", keyed.url, "--wait", "10", cwd=REPO, timeout=120)
     assert refused.returncode == 1 and "401" in refused.stderr, refused.stderr[-2000:]
 
 
@@ -168,7 +168,7 @@ def test_key_comparison_and_rate_limiter_in_isolation(tmp_path):
     assert [limiter.acquire("a") for _ in range(3)] == [0, 0, 1] and limiter.acquire("b") == 0
 
 
-def test_chart_turns_keys_on_with_a_generated_secret_and_keeps_metrics_for_prometheus(tools):  # noqa: F811
+def test_chart_turns_keys_on_with_a_generated_secret_and_keeps_metrics_for_prometheus(tools):
     objects = render(tools, sets=["predictor.apiKeys.enabled=true", "predictor.apiKeys.rateLimitRps=50"])
     secret = next(o for o in by_kind(objects, "Secret") if o["metadata"]["name"].endswith("-api-keys"))
     assert len(base64.b64decode(secret["data"]["api-keys"]).strip()) == 40

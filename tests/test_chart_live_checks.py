@@ -1,5 +1,5 @@
 """The chart's checks against a live cluster (`lookup`, `.Capabilities`), run with
-`helm template --dry-run=server` against a fake API server (tests/fake_apiserver.py): a missing
+`helm template --dry-run=server` against a fake API server (tests/support/fake_apiserver.py): a missing
 KServe or Prometheus Operator fails the install at once with a clear message (issue 9, finding
 6), an external-S3 existingSecret KServe cannot use is refused (finding 1), and generated keys
 survive an upgrade."""
@@ -12,8 +12,14 @@ import subprocess
 import pytest
 import yaml
 
-from tests.fake_apiserver import CORE, KSERVE, PROMETHEUS_OPERATOR, Cluster, serving
-from tests.helm import CHART, NAMESPACE, RELEASE, by_kind, tools  # noqa: F401
+from tests.support.fake_apiserver import (
+    CORE,
+    KSERVE,
+    PROMETHEUS_OPERATOR,
+    Cluster,
+    serving,
+)
+from tests.support.helm import CHART, NAMESPACE, RELEASE, by_kind
 
 pytestmark = pytest.mark.helm
 

@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from tests.helm import (
+from tests.support.helm import (
     CHART,
     NAMESPACE,
     SCENARIO_IDS,
@@ -21,7 +21,7 @@ from tests.helm import (
     env_of,
     flag,
     make_variables,
-    one,  # noqa: F401
+    one,
     pod_views,
     render,
     run,
@@ -29,7 +29,7 @@ from tests.helm import (
     template_args,
     views_by_component,
 )
-from tests.servers import REPO
+from tests.support.servers import REPO
 
 pytestmark = pytest.mark.helm
 

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.servers import REPO
+from tests.support.servers import REPO
 
 LOCUST = Path(sys.executable).with_name("locust")
 
@@ -70,7 +70,7 @@ def test_refused_requests_are_failures_and_fail_the_run(server_url, tmp_path):
 @pytest.mark.e2e
 def test_against_a_server_with_api_keys_the_key_comes_from_the_environment(published, s3, artifacts_dir,
                                                                            tmp_path_factory, tmp_path):
-    from tests.servers import start_model_server
+    from tests.support.servers import start_model_server
 
     keys = tmp_path_factory.mktemp("secret") / "api-keys"
     key = "k-" + "l" * 30
