@@ -317,8 +317,7 @@ def test_a_failed_knative_canary_never_gets_all_the_traffic_during_the_rollback(
         {"canaryTrafficPercent": 0},
         {"annotations": {ANNOTATION: pin}, "canaryTrafficPercent": 0},
         {"canaryTrafficPercent": None}]
-    canary = next(name for name, (version, _) in knative.revision_pods.items() if version == target
-                  and name != knative.latest_created)
+    canary = max(name for name, (version, _) in knative.revision_pods.items() if version == target)
     shares = [split.get(canary, 0) for split in knative.traffic_log]
     first = shares.index(20)
     back = shares.index(0, first)
