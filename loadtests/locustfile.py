@@ -16,7 +16,7 @@ p95/p99 exceed the thresholds (``loadtests/thresholds.py``). Against a server wi
 comes from the environment, ``API_KEY`` or ``API_KEY_FILE`` (``rakuten_common.v2_client.api_key``), and
 is sent as ``Authorization: Bearer`` on every call but the readiness probe. The custom options are listed
 in ``loadtests/locust.conf`` and
-docs/performance.md (Locust prints its --help before loading this file, so they are not there).
+docs/load-testing.md (Locust prints its --help before loading this file, so they are not there).
 """
 from __future__ import annotations
 

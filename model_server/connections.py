@@ -13,7 +13,14 @@
   no ASGI task to schedule behind the inference work queued on the event loop;
 - inference requests refused there too when admission is full (``Limits.refuse``): under
   overload most requests are refusals, and a refusal without an ASGI task costs a fraction of
-  one with it, which leaves the CPU to the admitted ones. Their body is skipped unread.
+  one with it, which leaves the CPU to the admitted ones. Their body is skipped unread;
+- a lingering close (nginx's ``lingering_close``): a connection closed after an answer sent before
+  the request's body was received (413, 400/431 on bad headers, 408, a 503 refusal) is not closed
+  at once, which resets a client still sending (Python's ``http.client``, httpx: ``Connection reset
+  by peer`` instead of the answer). The answer is followed by a FIN, what the client still sends is
+  read and dropped unbuffered, and the connection is closed when the client closes it, after
+  ``Limits.linger_bytes`` or after ``LINGER_SECONDS``. A lingering connection is the first one closed
+  to make room under ``--max_connections``.
 
 Requests that are being answered are never closed by these.
 """
@@ -28,6 +35,13 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 logger = logging.getLogger("rakuten.model_server")
+
+#: Longest a connection lingers after its answer: enough for 64 MiB at 110 Mbit/s; nginx's
+#: ``lingering_timeout`` default (it allows 30 s in all, ``lingering_time``).
+LINGER_SECONDS = 5.0
+#: Fewest request bytes dropped while lingering (``Gate.connection_limits`` allows twice the body limit
+#: if more): a body refused for its size can still be sent whole, so that its client reads the 413.
+LINGER_BYTES = 64 * 1024 * 1024
 
 
 class HeaderLimitExceeded(Exception):
@@ -49,11 +63,14 @@ class FastAnswer(NamedTuple):
 class Limits:
     """Settings and shared state of every connection of one server."""
 
-    def __init__(self, max_connections: int, header_timeout: float, max_header_bytes: int, max_headers: int):
+    def __init__(self, max_connections: int, header_timeout: float, max_header_bytes: int, max_headers: int,
+                 linger_bytes: int = LINGER_BYTES, linger_seconds: float = LINGER_SECONDS):
         self.max_connections = max_connections
         self.header_timeout = header_timeout
         self.max_header_bytes = max_header_bytes
         self.max_headers = max_headers
+        self.linger_bytes = linger_bytes
+        self.linger_seconds = linger_seconds
         self.idle: OrderedDict[int, GuardedHttpToolsProtocol] = OrderedDict()  # oldest first
         self.open = 0
         self.evicted = 0
@@ -68,6 +85,26 @@ class Limits:
 def protocol_class(limits: Limits) -> type:
     """The protocol class to give ``uvicorn.Config(http=...)``."""
     return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {"limits": limits})
+
+
+class _LingeringTransport:
+    """The connection's transport as uvicorn's code and this module see it: ``close()`` is
+    ``GuardedHttpToolsProtocol._close`` (which may linger), and a lingering connection is closing."""
+
+    __slots__ = ("_transport", "_protocol", "write")
+
+    def __init__(self, transport, protocol: GuardedHttpToolsProtocol):
+        self._transport, self._protocol = transport, protocol
+        self.write = transport.write
+
+    def close(self) -> None:
+        self._protocol._close()
+
+    def is_closing(self) -> bool:
+        return self._protocol._lingering or self._transport.is_closing()
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -87,7 +124,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._reading_headers = False
         self._limit: HeaderLimitExceeded | None = None
         self._fast = False
-        super().connection_made(transport)
+        self._in_body = False  # headers parsed, body not received in full yet
+        self._lingering = False
+        self._linger_left = 0
+        self._linger_timer = None
+        self._raw_transport = transport
+        super().connection_made(_LingeringTransport(transport, self))
         self._evictable()
         self._arm_header_timer()
 
@@ -96,13 +138,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._counted = False
             self.limits.open -= 1
             self._busy()
+            if self._linger_timer is not None:
+                self._linger_timer.cancel()
+                self._linger_timer = None
             super().connection_lost(exc)
 
     def _evict_one(self) -> bool:
         limits = self.limits
         while limits.idle:
             _, victim = limits.idle.popitem(last=False)
-            if not victim.transport.is_closing():
+            if not victim._raw_transport.is_closing():
                 limits.evicted += 1
                 if limits.evicted % 1000 == 1:
                     logger.warning("%d connections open (--max_connections): closing the longest idle ones "
@@ -131,8 +176,41 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
+    # -- lingering close ---------------------------------------------------------------------------------
+    def _close(self) -> None:
+        """``transport.close()``, from uvicorn or this class: lingers if the request's body is still coming."""
+        if self._in_body and not self._lingering and not self._raw_transport.is_closing():
+            self._linger()
+        else:
+            self._raw_transport.close()
+
+    def _linger(self) -> None:
+        """Stop writing (a FIN after the answer), drop what the client still sends, close when it closes
+        or at a bound: closing with unread bytes would send a reset, and a client still sending (they
+        read the answer only once the body is sent) would lose the answer."""
+        raw = self._raw_transport
+        if self._lingering or raw.is_closing():
+            return
+        self._lingering = True
+        self._linger_left = self.limits.linger_bytes
+        self._unset_keepalive_if_required()
+        self._busy()
+        self.limits.idle[id(self)] = self
+        self.limits.idle.move_to_end(id(self), last=False)  # the first to close to make room
+        if self.cycle is not None:
+            self.cycle.body = bytearray()  # what uvicorn read ahead for the app goes too
+        if raw.can_write_eof():
+            raw.write_eof()  # sent once the answer is
+        self._linger_timer = self.loop.call_later(self.limits.linger_seconds, raw.abort)
+        self.flow.resume_reading()  # uvicorn pauses reading while the app does not take the body
+
     # -- parsing, with limits ---------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        if self._lingering:  # dropped unread; the client's EOF ends lingering (eof_received closes)
+            self._linger_left -= len(data)
+            if self._linger_left < 0:
+                self._raw_transport.abort()
+            return
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
@@ -151,7 +229,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.write(b"".join([
             STATUS_LINE[exc.status], b"content-type: text/plain; charset=utf-8\r\n",
             b"content-length: ", str(len(message)).encode(), b"\r\nconnection: close\r\n\r\n", message]))
-        self.transport.close()
+        self._linger()  # the client may still be sending headers or a body
 
     def _limit_exceeded(self, status: int, message: str) -> None:
         self._limit = HeaderLimitExceeded(status, message)
@@ -179,6 +257,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._reading_headers = False
+        self._in_body = True
         self._busy()
         answer = self._fast_answer()
         self._fast = answer is not None
@@ -215,6 +294,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._in_body = False
+        if self._lingering:  # closed after a fast answer, and the body ended in the same read: nothing to drop
+            self._fast = False
+            return self._raw_transport.close()
         if not self._fast:
             return super().on_message_complete()
         self._fast = False

@@ -39,7 +39,7 @@ from model_server.admission import (
     parse_timeout,
 )
 from model_server.auth import ApiKeys, RateLimiter, credential
-from model_server.connections import FastAnswer, Limits
+from model_server.connections import LINGER_BYTES, FastAnswer, Limits
 from model_server.preparation import Incoming
 from model_server.settings import Settings
 
@@ -160,10 +160,10 @@ class Gate:
 
     def connection_limits(self) -> Limits:
         """The HTTP protocol's limits (``--max_connections`` & co.), answering probes and refusals
-        through this gate."""
+        through this gate; a body refused for its size may still be sent whole, up to twice the limit."""
         settings = self.settings
         limits = Limits(settings.max_connections, settings.header_timeout_seconds, settings.max_header_bytes,
-                        settings.max_headers)
+                        settings.max_headers, linger_bytes=max(LINGER_BYTES, 2 * settings.max_body_bytes))
         limits.probe_paths = frozenset(path.encode() for path in self.probe_paths)
         limits.probe, limits.refuse = self.fast_probe, self.fast_refusal
         limits.refusal_path = self.infer_path.encode()

@@ -8,6 +8,7 @@ and that probes keep answering."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import io
 import json
 import re
@@ -274,6 +275,24 @@ def test_a_refusal_is_answered_before_the_body_and_keeps_a_small_request_s_conne
     assert metric(small_server.url, "rakuten_requests_total", status="503") - refused_before == 1
     access = [line for line in small_server.logs().splitlines() if "id=refused-1" in line]
     assert len(access) == 1 and '"POST /v2/models/rakuten-classifier/infer" 503' in access[0], access
+
+
+def test_a_refused_large_body_still_gets_its_503_with_a_python_client(small_server):
+    """While admission is full, a 30 MB request is refused at its headers and its connection closed
+    (a body over 1 MiB is not worth receiving): the server drops the rest of the body before closing,
+    so ``http.client``, which reads only once the body is sent, reads the 503 instead of a reset."""
+    host, port = small_server.url.removeprefix("http://").split(":")
+    with admission_held_full(small_server):
+        connection = http.client.HTTPConnection(host, int(port), timeout=60)
+        try:
+            connection.request("POST", "/v2/models/rakuten-classifier/infer", body=b"x" * 30_000_000,
+                               headers={**JSON, "X-Request-ID": "refused-large"})
+            response = connection.getresponse()
+            status, headers, answer = response.status, response.headers, json.loads(response.read())
+        finally:
+            connection.close()
+    assert status == 503 and "server busy" in answer["error"]
+    assert headers["Connection"] == "close" and headers["X-Request-ID"] == "refused-large"
 
 
 def test_a_flood_of_refusals_is_counted_one_by_one_and_logged_at_most_ten_lines_a_second(small_server):

@@ -1,19 +1,25 @@
 """Hostile input over real HTTP: a table of malformed requests, each a 4xx naming the problem
 (never an echo of the input), the server alive and answering correctly after every one of them;
-then the HTTP layer's own limits (header/body size, slow headers, slow bodies, connection flood).
+then the HTTP layer's own limits (header/body size, slow headers, slow bodies, connection flood),
+and what real Python clients see when their request is refused before its body is read.
 All against a real ``python -m model_server`` process with small limits."""
 from __future__ import annotations
 
+import asyncio
 import base64
+import http.client
 import io
 import json
 import re
 import socket
 import struct
+import threading
 import time
 import urllib.request
 
+import httpx
 import pytest
+from kserve import InferenceRESTClient, RESTConfig
 from PIL import Image
 
 from rakuten_common.processes import wait_until
@@ -343,6 +349,151 @@ def test_a_connection_flood_does_not_lock_clients_out(hostile_url, reference):
         for sock in flood:
             sock.close()
     assert "Invalid HTTP request" not in hostile_url.logs() and "out of system resource" not in hostile_url.logs()
+
+
+# -- a request refused before its body is read: the client still reads the answer (lingering close) --
+FORTY_MB = 40_000_000
+MiB = 1024 * 1024
+
+
+def http_client_post(url: str, body, headers: dict) -> tuple[int, bytes]:
+    """POST with the standard library's ``http.client`` (which reads the answer once the body is sent)."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        connection.request("POST", PATH.decode(), body=body, headers=headers,
+                           encode_chunked=headers.get("Transfer-Encoding") == "chunked")
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+# name: () -> (body, headers, status, what the answer says)
+REFUSED_UNREAD = {
+    "content_length_over_limit": lambda: (b"x" * FORTY_MB, JSON, 413,
+                                          b'{"error":"request body of 40000000 bytes is over the 4000000-byte limit"}'),
+    "chunked_over_limit": lambda: ((b"x" * MiB for _ in range(40)), {**JSON, "Transfer-Encoding": "chunked"}, 413,
+                                   b'{"error":"request body is over the 4000000-byte limit"}'),
+    "headers_too_large": lambda: (b"x" * FORTY_MB, {**JSON, "X-Big": "a" * 10000}, 431,
+                                  b"request headers larger than 8192 bytes"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED_UNREAD))
+def test_http_client_reads_the_answer_to_a_request_refused_before_its_body(hostile_url, reference, case):
+    """A 40 MB body over the limit used to be answered and the connection closed at once: the
+    client, still sending, got ``Connection reset by peer`` instead of the answer. The server now
+    reads and drops the rest of the body before closing."""
+    body, headers, expected, message = REFUSED_UNREAD[case]()
+    status, answer = http_client_post(hostile_url.url, body, headers)
+    assert status == expected and answer == message
+    assert parse_response(send(hostile_url.url, valid())[1]) == reference
+
+
+def test_the_kserve_rest_client_reads_the_413_and_goes_on(hostile_url, reference):
+    """KServe's own V2 client (httpx): the 413 and its message as ``HTTPStatusError``, then the same
+    client is served."""
+    too_large = {"inputs": [{"name": "designation", "shape": [1], "datatype": "BYTES", "data": ["x" * FORTY_MB]}]}
+
+    async def refused_then_served():
+        client = InferenceRESTClient(RESTConfig(protocol="v2", timeout=60))
+        try:
+            with pytest.raises(httpx.HTTPStatusError) as refused:
+                await client.infer(hostile_url.url, too_large, model_name="rakuten-classifier")
+            return refused.value, await client.infer(hostile_url.url, valid(), model_name="rakuten-classifier")
+        finally:
+            await client.close()
+
+    refused, served = asyncio.run(refused_then_served())
+    assert refused.response.status_code == 413
+    assert re.search(r"request body of \d+ bytes is over the 4000000-byte limit", str(refused)), str(refused)
+    codes = next(output for output in served.outputs if output.name == "prdtypecode")
+    assert [int(code) for code in codes.data] == [code for code, _ in reference[0]]
+
+
+def send_until_cut_off(url: str, chunk: bytes, pause: float, give_up: float = 60) -> tuple[bytes, int, bool]:
+    """Announce a 1 TB body and send ``chunk`` after ``chunk`` (``pause`` s apart), reading what comes
+    back, until the server cuts the connection; returns the answer read, the body bytes sent, and
+    whether the server cut it (False: still open after ``give_up`` s)."""
+    host, port = url.removeprefix("http://").split(":")
+    answer, sent = b"", 0
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST " + PATH + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000000\r\n\r\n")
+        deadline = time.monotonic() + give_up
+        while time.monotonic() < deadline:
+            try:
+                sock.sendall(chunk)
+                sent += len(chunk)
+                answer += sock.recv(65536, socket.MSG_DONTWAIT)
+            except BlockingIOError:  # nothing to read yet
+                pass
+            except TimeoutError:  # the server stopped reading without closing
+                return answer, sent, False
+            except OSError:  # reset: cut off
+                return answer, sent, True
+            time.sleep(pause)
+    return answer, sent, False
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+
+
+def test_a_client_sending_without_end_is_cut_off_and_what_it_sent_is_not_kept(hostile_url, reference):
+    """After its 413 a client may send up to a bound (64 MiB here), read and dropped, then it is cut
+    off. Four such clients send about 270 MB: the server's memory does not grow by any of it."""
+    pid = hostile_url.process.pid
+    before, peak, done = rss_mib(pid), [], threading.Event()
+
+    def sample():
+        while not done.wait(0.01):
+            peak.append(rss_mib(pid))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        sent = []
+        for _ in range(4):
+            answer, count, cut_off = send_until_cut_off(hostile_url.url, b"a" * MiB, pause=0)
+            assert cut_off and status_of(answer) == 413, answer[:200]
+            assert b"over the 4000000-byte limit" in answer
+            assert count >= 32 * MiB, count  # far beyond socket buffers: the server read on after answering
+            sent.append(count)
+    finally:
+        done.set()
+        sampler.join()
+    assert sum(sent) >= 200e6
+    grown = max([*peak, rss_mib(pid)]) - before
+    assert grown < 64, f"RSS grew by {grown:.0f} MiB while {sum(sent) / MiB:.0f} MiB were dropped"
+    assert parse_response(send(hostile_url.url, valid())[1]) == reference
+
+
+def test_a_client_still_sending_slowly_after_its_answer_is_cut_off(hostile_url):
+    """Lingering is bounded in time too (a few seconds): a client trickling its refused body is cut off."""
+    answer, sent, cut_off = send_until_cut_off(hostile_url.url, b"a" * 1000, pause=0.05)
+    assert cut_off, f"still open after 60 s ({sent} bytes sent)"
+    assert status_of(answer) == 413 and b"over the 4000000-byte limit" in answer
+
+
+def test_lingering_connections_make_room_for_new_ones(hostile_url, reference):
+    """Twice --max_connections clients refused (413) and lingering: they are the first closed to make
+    room, so probes and inference still get through."""
+    host, port = hostile_url.url.removeprefix("http://").split(":")
+    lingering = []
+    try:
+        for _ in range(128):
+            sock = socket.create_connection((host, int(port)), timeout=10)
+            lingering.append(sock)
+            sock.sendall(b"POST " + PATH + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n" + b"a" * 1000)
+            assert status_of(sock.recv(65536)) == 413  # answered: lingering from now on
+        with urllib.request.urlopen(f"{hostile_url.url}/v2/health/ready", timeout=10) as response:
+            assert response.status == 200
+        assert parse_response(send(hostile_url.url, valid())[1]) == reference
+    finally:
+        for sock in lingering:
+            sock.close()
 
 
 def test_request_id_is_honoured_or_generated_and_logged(hostile_url):

@@ -29,6 +29,7 @@ from training_job.training.evaluation import (
     classification_metrics,
     confusion_figure,
     confusion_matrix,
+    per_class_f1_figure,
 )
 from training_job.training.inputs import batches
 from training_job.training.model import build_model
@@ -195,6 +196,8 @@ def run(config: TrainConfig) -> TrainResult:
         mlflow.log_metrics({f"val_{k}": v for k, v in metrics.items()})
         mlflow.log_figure(confusion_figure(cm, labels.codes, f"Validation confusion matrix, {version}"),
                           "confusion_matrix.png")
+        mlflow.log_figure(per_class_f1_figure(metrics, labels.codes, f"Validation F1 per class, {version}"),
+                          "per_class_f1.png")
         per_class = ("precision_", "recall_", "f1_")
         summary = {k: v for k, v in metrics.items() if not k.removeprefix("eval_").startswith(per_class)}
         with tempfile.TemporaryDirectory() as tmp:
