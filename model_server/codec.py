@@ -1,9 +1,11 @@
 """The V2 contract of ``rakuten-classifier``: parse and validate a request, whatever its transport.
 
-Inputs, all ``datatype: BYTES`` with ``shape: [N]`` (``[N, 1]`` is accepted too):
-``designation`` (required, UTF-8 text), ``description`` (optional, may be empty) and
+Inputs, all with ``shape: [N]`` (``[N, 1]`` is accepted too), datatype ``BYTES`` unless said:
+``designation`` (required, UTF-8 text), ``description`` (optional, may be empty),
 ``image`` (required; each element a JPEG/PNG/WebP file, base64 in JSON or raw bytes with the
-binary tensor extension / gRPC, typed ``bytes_contents`` or ``raw_input_contents``).
+binary tensor extension / gRPC, typed ``bytes_contents`` or ``raw_input_contents``) and
+``productid`` (optional, ``INT64``: the shop's product ids, kept in inference captures;
+little-endian 8-byte integers with the binary extension / gRPC raw contents).
 Request parameter ``top_k``: 1 to the number of classes, default 1.
 
 Everything here treats its input as hostile: a JSON body is parsed with ``orjson`` (no
@@ -18,6 +20,7 @@ import binascii
 import struct
 from dataclasses import dataclass
 
+import numpy as np
 import orjson
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import (
@@ -30,7 +33,7 @@ from kserve.protocol.infer_type import (
 from model_server.settings import RequestLimits
 
 REQUIRED_INPUTS = ("designation", "image")
-OPTIONAL_INPUTS = ("description",)
+OPTIONAL_INPUTS = ("description", "productid")
 INPUT_NAMES = REQUIRED_INPUTS + OPTIONAL_INPUTS
 
 
@@ -58,6 +61,7 @@ class Products:
     descriptions: list[str]
     images: list[bytes]
     top_k: int
+    productids: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.designations)
@@ -163,12 +167,12 @@ def split_bytes_elements(raw: bytes, name: str) -> list[bytes]:
     return elements
 
 
-def _elements(tensor: InferInput, limits: RequestLimits) -> list:
-    """The flat element list of one BYTES input, after checking datatype and shape."""
+def _batch_size(tensor: InferInput, datatype: str, limits: RequestLimits) -> int:
+    """N of an input of shape ``[N]`` or ``[N, 1]``, after checking its datatype and shape."""
     name = tensor.name
-    if tensor.datatype != "BYTES":
+    if tensor.datatype != datatype:
         raise RequestRejected("wrong_datatype",
-                              f"input {name!r} must have datatype BYTES, got {_short(tensor.datatype)}")
+                              f"input {name!r} must have datatype {datatype}, got {_short(tensor.datatype)}")
     shape = tensor.shape
     if not isinstance(shape, list) or not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or not all(
             isinstance(d, int) and not isinstance(d, bool) for d in shape):
@@ -179,18 +183,53 @@ def _elements(tensor: InferInput, limits: RequestLimits) -> list:
     if n > limits.max_items:
         raise RequestRejected("batch_too_large",
                               f"input {name!r} holds {n} products, this server accepts at most {limits.max_items}")
-    raw = getattr(tensor, "_raw_data", None)
-    data = split_bytes_elements(raw, name) if raw is not None else tensor.data
+    return n
+
+
+def _flat(data, name: str) -> list:
     if data is None:
         raise RequestRejected("missing_data", f"input {name!r} has no data")
     if not isinstance(data, (list, tuple)):
         raise RequestRejected("wrong_shape", f"input {name!r}: data must be a list, got {type(data).__name__}")
     if data and isinstance(data[0], list):
         data = [element for row in data for element in (row if isinstance(row, list) else [row])]
+    return list(data)
+
+
+def _elements(tensor: InferInput, limits: RequestLimits) -> list:
+    """The flat element list of one BYTES input, after checking datatype and shape."""
+    name, shape = tensor.name, tensor.shape
+    n = _batch_size(tensor, "BYTES", limits)
+    raw = getattr(tensor, "_raw_data", None)
+    data = _flat(split_bytes_elements(raw, name) if raw is not None else tensor.data, name)
     if len(data) != n:
         raise RequestRejected("shape_mismatch",
                               f"input {name!r} declares shape {shape} but holds {len(data)} elements")
-    return list(data)
+    return data
+
+
+_INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+
+
+def _int64_elements(tensor: InferInput, limits: RequestLimits) -> list[int]:
+    """The integers of one INT64 input (JSON numbers, or little-endian 8-byte raw data)."""
+    name, shape = tensor.name, tensor.shape
+    n = _batch_size(tensor, "INT64", limits)
+    raw = getattr(tensor, "_raw_data", None)
+    if raw is not None:
+        if len(raw) != 8 * n:
+            raise RequestRejected("shape_mismatch", f"input {name!r} declares shape {shape} ({8 * n} bytes of "
+                                                    f"INT64) but its binary data has {len(raw)} bytes")
+        return [int(v) for v in np.frombuffer(raw, dtype="<i8")]
+    data = _flat(tensor.data, name)
+    if len(data) != n:
+        raise RequestRejected("shape_mismatch",
+                              f"input {name!r} declares shape {shape} but holds {len(data)} elements")
+    for index, value in enumerate(data):
+        if isinstance(value, bool) or not isinstance(value, int) or not _INT64_MIN <= value <= _INT64_MAX:
+            raise RequestRejected("invalid_productid",
+                                  f"{name}[{index}] must be a 64-bit integer, got {_short(value)}")
+    return data
 
 
 def _text(value, name: str, index: int, limits: RequestLimits) -> str:
@@ -265,7 +304,8 @@ def decode_request(request: InferRequest, limits: RequestLimits, num_classes: in
     if missing:
         raise RequestRejected("missing_input", f"missing required input(s) {missing}")
     top_k = _top_k(request, num_classes)
-    elements = {name: _elements(tensor, limits) for name, tensor in tensors.items()}
+    elements = {name: (_int64_elements if name == "productid" else _elements)(tensor, limits)
+                for name, tensor in tensors.items()}
     sizes = {name: len(values) for name, values in elements.items()}
     if len(set(sizes.values())) > 1:
         raise RequestRejected("batch_mismatch", f"inputs hold different numbers of products: {sizes}")
@@ -276,4 +316,5 @@ def decode_request(request: InferRequest, limits: RequestLimits, num_classes: in
         descriptions=[_text(v, "description", i, limits) for i, v in enumerate(descriptions)],
         images=[_image(v, i, limits) for i, v in enumerate(elements["image"])],
         top_k=top_k,
+        productids=elements.get("productid"),
     )

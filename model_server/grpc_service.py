@@ -1,6 +1,7 @@
 """V2 over gRPC: KServe's servicer, with the REST side's rules.
 
-- ``ModelInfer`` reads BYTES from typed ``contents.bytes_contents`` *and* from
+- ``ModelInfer`` reads BYTES from typed ``contents.bytes_contents`` (INT64 ``productid`` from
+  ``int64_contents``) *and* from
   ``raw_input_contents`` (what ``kserve.InferenceGRPCClient`` sends by default, and the only
   way it sends image files); the request never becomes Python lists of numbers;
 - the same admission bounds (``UNAVAILABLE`` beyond), deadline (the call's own gRPC deadline,
@@ -32,6 +33,9 @@ from model_server.codec import malformed
 from model_server.preparation import Incoming
 from model_server.request_gate import request_id_from
 
+#: Typed INT64 values read from one input (``productid`` holds one per product).
+MAX_INT64_CONTENTS = 65536
+
 
 def request_from_grpc(request: pb.ModelInferRequest) -> InferRequest:
     """An ``InferRequest`` of a gRPC request: BYTES from typed or raw contents, nothing expanded."""
@@ -42,7 +46,14 @@ def request_from_grpc(request: pb.ModelInferRequest) -> InferRequest:
     for tensor in request.inputs:
         if raw and tensor.HasField("contents"):
             raise malformed(f"input {tensor.name!r} has contents although the request uses raw_input_contents")
-        data = list(tensor.contents.bytes_contents) if tensor.datatype == "BYTES" and not raw else None
+        data = None
+        if tensor.datatype == "BYTES" and not raw:
+            data = list(tensor.contents.bytes_contents)
+        elif tensor.datatype == "INT64" and not raw:  # productid: a few numbers, never a large tensor
+            if len(tensor.contents.int64_contents) > MAX_INT64_CONTENTS:
+                raise malformed(f"input {tensor.name!r} holds {len(tensor.contents.int64_contents)} int64_contents, "
+                                f"at most {MAX_INT64_CONTENTS} are read")
+            data = list(tensor.contents.int64_contents)
         inputs.append(InferInput(name=tensor.name, shape=list(tensor.shape), datatype=tensor.datatype, data=data,
                                  parameters=to_http_parameters(tensor.parameters)))
     return InferRequest(model_name=request.model_name, infer_inputs=inputs, request_id=request.id or None,

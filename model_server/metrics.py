@@ -48,6 +48,16 @@ LOAD_SECONDS = Gauge(
     "rakuten_model_load_seconds", "Seconds spent in each phase of the last model load "
     "(fetch: download and verify, load: deserialise, warmup: trace and first calls)",
     ["model_name", "phase"])
+#: Inference capture (model_server.capture): what became of each sampled product's record.
+CAPTURE_RECORDS = Counter(
+    "rakuten_capture_records", "Sampled products' capture records, by outcome: written (in a stored file), "
+    "dropped (the capture queue was full), failed (the store refused or was unreachable)",
+    ["model_name", "outcome"])
+CAPTURE_FILES = Counter(
+    "rakuten_capture_files", "Capture record files, by outcome: written, failed", ["model_name", "outcome"])
+CAPTURE_QUEUE_BYTES = Gauge(
+    "rakuten_capture_queue_bytes", "Bytes of capture records queued or being written (bounded by "
+    "--capture_queue_bytes)", ["model_name"])
 
 
 class LoadTimer:

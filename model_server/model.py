@@ -8,7 +8,8 @@ postprocess: top-k codes and probabilities as V2 outputs, and the prediction cou
 The transports (``model_server.app`` for REST, ``model_server.grpc_service``) hand in an
 ``Incoming``: the request's admission ticket, deadline and id, with a raw body or a request.
 Drift monitoring (``model_server.drift``): each product's profile features are taken from what
-preprocessing produced and enter the drift window with its top-1 in postprocess.
+preprocessing produced and enter the drift window with its top-1 in postprocess. Capture
+(``model_server.capture``, with ``--capture_uri``): postprocess queues the sampled products.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from model_server import metrics
 from model_server.admission import Deadline
 from model_server.batching import AdaptiveBatcher
+from model_server.capture import Capture, start_capture
 from model_server.codec import RequestRejected
 from model_server.drift import DriftMonitor
 from model_server.pool import FairPool
@@ -51,6 +53,7 @@ class RakutenClassifier(kserve.Model):
         self.pool = FairPool(settings.preprocess_workers, on_wasted=wasted.inc)
         self._wasted_model_rows = metrics.WASTED_ROWS.labels(stage="model", **self._name_label)
         self.drift = DriftMonitor(settings.model_name, settings.drift)
+        self.capture: Capture | None = start_capture(settings.capture, settings.model_name)
 
     # -- lifecycle ---------------------------------------------------------------------
     def load(self) -> bool:
@@ -91,6 +94,11 @@ class RakutenClassifier(kserve.Model):
         """Unloaded (repository API) or shutting down: not ready any more."""
         self.ready = False
 
+    def close_capture(self) -> None:
+        """Shutdown: write the sampled products still queued (bounded by --shutdown_timeout_seconds)."""
+        if self.capture is not None:
+            self.capture.close(max(5.0, self.settings.shutdown_timeout_seconds))
+
     def _observe_batch(self, rows: int, waits: list[float], seconds: float) -> None:
         metrics.BATCH_SIZE.labels(**self._name_label).observe(rows)
         metrics.MODEL_SECONDS.labels(**self._name_label).observe(seconds)
@@ -100,7 +108,8 @@ class RakutenClassifier(kserve.Model):
     # -- metadata (GET /v2/models/<name>) ----------------------------------------------
     def get_input_types(self) -> list[dict]:
         return [{"name": name, "datatype": "BYTES", "shape": [-1]}
-                for name in ("designation", "description", "image")]
+                for name in ("designation", "description", "image")] + [
+                {"name": "productid", "datatype": "INT64", "shape": [-1]}]
 
     def get_output_types(self) -> list[dict]:
         return [{"name": "prdtypecode", "datatype": "INT64", "shape": [-1, -1]},
@@ -144,6 +153,8 @@ class RakutenClassifier(kserve.Model):
         for code in codes[:, 0]:
             metrics.PREDICTIONS.labels(prdtypecode=str(code), **self._name_label).inc()
         self.drift.observe(result.drift, best[:, 0], probabilities[:, 0])
+        if self.capture is not None and result.products is not None:
+            self.capture.observe(result.response_id, result.products, codes, probabilities, self.version)
         binary = result.request.use_binary_outputs
         outputs = []
         for name, array in (("prdtypecode", codes), ("probability", probabilities)):

@@ -75,6 +75,7 @@ class Prepared:
     descriptions: list[str] = field(default_factory=list)  # raw, for the drift features
     infos: list[ImageInfo] = field(default_factory=list)    # each image's header facts
     drift: Observation | None = None
+    products: Products | None = None  # the validated request, for inference capture
 
 
 def _rejected(index: int, exc: ImageError) -> RequestRejected:
@@ -133,7 +134,8 @@ def prepare_units(job: Job, incoming: Incoming, limits: RequestLimits, num_class
                              for i in range(n)]
         job.add(units)
     return Prepared(request, {"text": texts, "image": images}, products.top_k, request.id or incoming.request_id,
-                    incoming.deadline, incoming.ticket, descriptions=products.descriptions, infos=infos)
+                    incoming.deadline, incoming.ticket, descriptions=products.descriptions, infos=infos,
+                    products=products)
 
 
 def prepare(products: Products, image_size: int, image_limits: ImageLimits) -> dict[str, np.ndarray]:

@@ -10,7 +10,8 @@ endpoints, gRPC servicer) are composed with:
 - ``/metrics`` on its own port and thread with ``--metrics_port``;
 - on SIGTERM (or SIGINT): readiness fails at once (REST and gRPC), requests are served for
   ``--drain_seconds``, then both servers stop, giving requests in progress up to
-  ``--shutdown_timeout_seconds``. A second signal stops at once.
+  ``--shutdown_timeout_seconds``. A second signal stops at once. Then the inference capture
+  writes what it still holds (``model_server.capture``).
 """
 from __future__ import annotations
 
@@ -109,6 +110,7 @@ class ModelServer:
                     f" and gRPC port {settings.grpc_port}" if settings.enable_grpc else "")
         await asyncio.gather(*servers)
         self.model.pool.close()
+        await asyncio.to_thread(self.model.close_capture)  # every answered request's sampled products
         logger.info("Server stopped")
 
     # -- stopping --------------------------------------------------------------------------------

@@ -57,6 +57,18 @@ class DriftSettings:
     low_confidence: float
 
 
+@dataclass(frozen=True)
+class CaptureSettings:
+    """Inference capture (``model_server.capture``); ``uri`` empty: off."""
+
+    uri: str
+    sample_rate: float
+    content: str           # "full" or "hashes"
+    queue_bytes: int
+    file_records: int
+    flush_seconds: float
+
+
 #: A drift window size (option type): 0 to ``MAX_DRIFT_WINDOW`` products.
 drift_window = bounded(int, 0, MAX_DRIFT_WINDOW)
 
@@ -165,6 +177,22 @@ class Settings:
                                      help="products the window needs before the drift gauges get a value (NaN before)")
     drift_low_confidence: float = option(0.5, env="DRIFT_LOW_CONFIDENCE", type=SHARE,
                                          help="top-1 probability below which a prediction counts as low-confidence")
+    # -- inference capture (model_server.capture, docs/capture.md) --------------------------------
+    capture_uri: str = option("", env="CAPTURE_URI", metavar="URI",
+                              help="record a sample of the served products (text, image, top-k) under this "
+                                   "s3://bucket/prefix or local folder (empty: capture off)")
+    capture_sample_rate: float = option(0.1, env="CAPTURE_SAMPLE_RATE", type=SHARE,
+                                        help="share of the products captured, 0 to 1")
+    capture_content: str = option("full", env="CAPTURE_CONTENT", choices=("full", "hashes"),
+                                  help="full: records hold the text and the image is stored; hashes: only the "
+                                       "SHA-256 of text and image (for shops that may not store them)")
+    capture_queue_bytes: int = option(64 * 1024 * 1024, env="CAPTURE_QUEUE_BYTES", type=AT_LEAST_ONE,
+                                      help="max bytes of sampled products waiting to be written; beyond, they are "
+                                           "dropped and counted, never waited for")
+    capture_file_records: int = option(1000, env="CAPTURE_FILE_RECORDS", type=AT_LEAST_ONE,
+                                       help="records per capture file at most (a file is written when this many wait)")
+    capture_flush_seconds: float = option(30.0, env="CAPTURE_FLUSH_SECONDS", type=POSITIVE,
+                                          help="longest a sampled product waits before its file is written")
     # -- logs ------------------------------------------------------------------------------------
     log_level: str = option("INFO", env="LOG_LEVEL", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                             type=str.upper, help="log level")
@@ -187,6 +215,11 @@ class Settings:
     def drift(self) -> DriftSettings:
         return DriftSettings(self.drift_window_products, self.drift_window_seconds, self.drift_min_products,
                              self.drift_low_confidence)
+
+    @property
+    def capture(self) -> CaptureSettings:
+        return CaptureSettings(self.capture_uri, self.capture_sample_rate, self.capture_content,
+                               self.capture_queue_bytes, self.capture_file_records, self.capture_flush_seconds)
 
     @property
     def limits(self) -> RequestLimits:

@@ -31,6 +31,10 @@ class LabelError(RakutenError, ValueError):
     """A ``prdtypecode`` that is not one of the model's classes."""
 
 
+class CaptureError(RakutenError, ValueError):
+    """An inference capture record or file that cannot be used (``rakuten_common.captures``)."""
+
+
 class ImageError(RakutenError, ValueError):
     """An image that cannot be used; ``reason`` is a short machine-readable label."""
 

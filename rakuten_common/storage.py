@@ -19,6 +19,7 @@ import os
 import random
 import re
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,12 @@ logger = logging.getLogger("rakuten.storage")
 
 #: One path component of a key: no separators, no leading dot (so no ``.``/``..``), bounded.
 _SAFE_NAME = re.compile(r"^[0-9A-Za-z_][0-9A-Za-z._-]{0,127}$")
+#: One path component of a key: a safe name, or a partition like ``date=2026-12-03`` (captures).
+_KEY_PART = re.compile(r"^[0-9A-Za-z_][0-9A-Za-z._=-]{0,127}$")
+
+
+class KeyExists(StorageError):
+    """A write that must not replace an object found one there (``put_bytes(..., overwrite=False)``)."""
 
 
 def validate_key(key: str) -> str:
@@ -40,8 +47,8 @@ def validate_key(key: str) -> str:
     if not isinstance(key, str) or not key or len(key) > 1024:
         raise StorageError(f"invalid storage key {str(key)[:80]!r}")
     parts = key.split("/")
-    if not all(_SAFE_NAME.match(part) for part in parts):
-        raise StorageError(f"unsafe storage key {key[:200]!r}: each part of a key must match {_SAFE_NAME.pattern}")
+    if not all(_KEY_PART.match(part) for part in parts):
+        raise StorageError(f"unsafe storage key {key[:200]!r}: each part of a key must match {_KEY_PART.pattern}")
     return key
 
 
@@ -69,6 +76,8 @@ class Store(Protocol):
     def list_versions(self) -> list[str]: ...
     def has_prefix(self, prefix: str) -> bool: ...
     def put_file(self, key: str, source: Path) -> None: ...
+    def put_bytes(self, key: str, data: bytes, overwrite: bool = True) -> None: ...
+    def get_bytes(self, key: str) -> bytes: ...
     def get_file(self, key: str, destination: Path) -> None: ...
     def list_objects(self, prefix: str) -> list[StoredObject]: ...
     def delete_prefix(self, prefix: str) -> int: ...
@@ -110,6 +119,29 @@ class LocalStore:
         shutil.copyfile(source, partial)
         os.replace(partial, target)
 
+    def put_bytes(self, key: str, data: bytes, overwrite: bool = True) -> None:
+        """Write ``data`` at ``key`` (atomically); with ``overwrite=False``, ``KeyExists`` if it is taken."""
+        target = inside(self.root, key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.partial")
+        partial.write_bytes(data)
+        try:
+            if overwrite:
+                os.replace(partial, target)
+                return
+            try:
+                os.link(partial, target)  # atomic, fails if the name is taken
+            except FileExistsError:
+                raise KeyExists(f"{target} exists already") from None
+        finally:
+            partial.unlink(missing_ok=True)
+
+    def get_bytes(self, key: str) -> bytes:
+        source = inside(self.root, key)
+        if not source.is_file():
+            raise StorageError(f"{source} does not exist")
+        return source.read_bytes()
+
     def get_file(self, key: str, destination: Path) -> None:
         source = inside(self.root, key)
         if not source.is_file():
@@ -137,11 +169,13 @@ def _env_number(name: str, default: float) -> float:
         raise StorageError(f"environment variable {name}={value!r} is not a number") from None
 
 
-def s3_client(max_pool_connections: int = 10):
+def s3_client(max_pool_connections: int = 10, connect_timeout: float | None = None,
+              read_timeout: float | None = None):
     """A boto3 S3 client configured from the environment, the way KServe configures MinIO access.
 
-    Its connect/read timeouts are bounded; retries are done by ``S3Store`` (logged), not by botocore.
-    One client serves many threads; give it as many connections as threads using it."""
+    Its connect/read timeouts are bounded (the arguments replace the environment's); retries are
+    done by ``S3Store`` (logged), not by botocore. One client serves many threads; give it as many
+    connections as threads using it."""
     import boto3
     from botocore.config import Config
 
@@ -154,8 +188,8 @@ def s3_client(max_pool_connections: int = 10):
         region_name=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1",
         verify=env_bool("S3_VERIFY_SSL", True),
         config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1},
-                      connect_timeout=_env_number("S3_CONNECT_TIMEOUT", 5.0),
-                      read_timeout=_env_number("S3_READ_TIMEOUT", 30.0),
+                      connect_timeout=connect_timeout or _env_number("S3_CONNECT_TIMEOUT", 5.0),
+                      read_timeout=read_timeout or _env_number("S3_READ_TIMEOUT", 30.0),
                       max_pool_connections=max_pool_connections),
     )
 
@@ -239,6 +273,29 @@ class S3Store:
 
     def put_file(self, key: str, source: Path) -> None:
         self._call(f"upload of {key}", lambda: self.client.upload_file(str(source), self.bucket, self._key(key)))
+
+    def put_bytes(self, key: str, data: bytes, overwrite: bool = True) -> None:
+        """One PUT of ``data``; with ``overwrite=False`` it is conditional (``If-None-Match: *``, MinIO and
+        AWS S3) and ``KeyExists`` says the key is taken: no read permission needed."""
+        from botocore.exceptions import ClientError
+
+        condition = {} if overwrite else {"IfNoneMatch": "*"}
+
+        def put() -> bool:
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)
+            except ClientError as exc:
+                if not overwrite and exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+                    return False
+                raise
+            return True
+
+        if not self._call(f"upload of {key}", put):
+            raise KeyExists(f"{self.uri}/{key} exists already")
+
+    def get_bytes(self, key: str) -> bytes:
+        return self._call(f"download of {key}", lambda: self.client.get_object(
+            Bucket=self.bucket, Key=self._key(key))["Body"].read())
 
     def get_file(self, key: str, destination: Path) -> None:
         destination.parent.mkdir(parents=True, exist_ok=True)

@@ -83,12 +83,13 @@ class Product:
     designation: str
     description: str
     image: bytes  # the image file's bytes (JPEG, PNG or WebP)
+    productid: int | None = None  # sent (INT64 input ``productid``) when every product of a request has one
 
 
 def infer_request(products: list[Product], top_k: int = 1, request_id: str | None = None) -> dict:
     """The JSON body of a V2 inference request, images in base64."""
     n = len(products)
-    body = {
+    body: dict = {
         "inputs": [
             {"name": "designation", "datatype": "BYTES", "shape": [n], "data": [p.designation for p in products]},
             {"name": "description", "datatype": "BYTES", "shape": [n], "data": [p.description for p in products]},
@@ -97,6 +98,9 @@ def infer_request(products: list[Product], top_k: int = 1, request_id: str | Non
         ],
         "parameters": {"top_k": top_k},
     }
+    if products and all(p.productid is not None for p in products):
+        body["inputs"].append({"name": "productid", "datatype": "INT64", "shape": [n],
+                               "data": [p.productid for p in products]})
     if request_id:
         body["id"] = request_id
     return body

@@ -149,6 +149,98 @@ def test_any_grpc_request_is_accepted_or_a_4xx(tensors, raw, request_id):
     only_rejections(lambda: decode_request(request_from_grpc(request), LIMITS, 27))
 
 
+# -- the optional productid input (INT64) ------------------------------------------------------------
+VALID_ID = {**VALID, "inputs": VALID["inputs"] + [
+    {"name": "productid", "datatype": "INT64", "shape": [1], "data": [4123456789]}]}
+
+
+@SETTINGS
+@given(st.integers(0, 3), st.sampled_from(["name", "datatype", "shape", "data", "parameters"]), json_values)
+def test_a_valid_request_with_productid_and_any_field_replaced_is_accepted_or_a_4xx(index, key, value):
+    document = json.loads(json.dumps(VALID_ID))
+    document["inputs"][index][key] = value
+    only_rejections(parse_and_decode, json.dumps(document).encode())
+
+
+@SETTINGS
+@given(st.sampled_from(["INT64", "BYTES", "INT32", ""]), st.lists(st.integers(-3, 3), max_size=3),
+       st.lists(st.integers(-2**63, 2**63 - 1), max_size=4), st.binary(max_size=40), st.booleans())
+def test_any_grpc_productid_is_accepted_or_a_4xx(datatype, shape, numbers, raw, use_raw):
+    names = ("designation", "description", "image", "productid")
+    inputs = [pb.ModelInferRequest.InferInputTensor(name=n, datatype="BYTES", shape=[1]) for n in names[:3]]
+    inputs.append(pb.ModelInferRequest.InferInputTensor(name="productid", datatype=datatype, shape=shape))
+    if use_raw:
+        contents = [struct.pack("<I", 5) + b"Lampe", struct.pack("<I", 0), struct.pack("<I", len(IMAGE)) + IMAGE, raw]
+        request = pb.ModelInferRequest(model_name="rakuten-classifier", inputs=inputs, raw_input_contents=contents)
+    else:
+        for tensor, values in zip(inputs, ([b"Lampe"], [b""], [IMAGE])):
+            tensor.contents.bytes_contents.extend(values)
+        inputs[3].contents.int64_contents.extend(numbers)
+        request = pb.ModelInferRequest(model_name="rakuten-classifier", inputs=inputs)
+    only_rejections(lambda: decode_request(request_from_grpc(request), LIMITS, 27))
+
+
+def with_productid(**changes) -> bytes:
+    document = json.loads(json.dumps(VALID_ID))
+    document["inputs"][3].update(changes)
+    return json.dumps(document).encode()
+
+
+@pytest.mark.parametrize("shape, data, expected", [([1], [7], [7]), ([1, 1], [[7]], [7]),
+                                                   ([1], [2**63 - 1], [2**63 - 1]), ([1], [-2**63], [-2**63])])
+def test_productid_is_accepted_as_int64(shape, data, expected):
+    assert parse_and_decode(with_productid(shape=shape, data=data)).productids == expected
+
+
+def test_productid_is_optional_and_read_from_binary_and_grpc():
+    assert parse_and_decode(json.dumps(VALID).encode()).productids is None
+    header = json.loads(json.dumps(VALID_ID))
+    del header["inputs"][3]["data"]
+    header["inputs"][3]["parameters"] = {"binary_data_size": 8}
+    encoded = json.dumps(header).encode()
+    request = decode_binary_request(encoded + struct.pack("<q", -42), str(len(encoded)), "rakuten-classifier")
+    assert decode_request(request, LIMITS, 27).productids == [-42]
+    tensors = [pb.ModelInferRequest.InferInputTensor(name=n, datatype="BYTES", shape=[1]) for n in
+               ("designation", "image")] + [pb.ModelInferRequest.InferInputTensor(name="productid", datatype="INT64",
+                                                                                   shape=[1])]
+    tensors[0].contents.bytes_contents.append(b"Lampe")
+    tensors[1].contents.bytes_contents.append(IMAGE)
+    tensors[2].contents.int64_contents.append(99)
+    grpc_request = pb.ModelInferRequest(model_name="rakuten-classifier", inputs=tensors)
+    assert decode_request(request_from_grpc(grpc_request), LIMITS, 27).productids == [99]
+    raw = pb.ModelInferRequest(model_name="rakuten-classifier", inputs=[
+        pb.ModelInferRequest.InferInputTensor(name=n, datatype=d, shape=[1])
+        for n, d in (("designation", "BYTES"), ("image", "BYTES"), ("productid", "INT64"))],
+        raw_input_contents=[struct.pack("<I", 5) + b"Lampe", struct.pack("<I", len(IMAGE)) + IMAGE,
+                            struct.pack("<q", 12)])
+    assert decode_request(request_from_grpc(raw), LIMITS, 27).productids == [12]
+
+
+@pytest.mark.parametrize("changes, kind, message", [
+    ({"datatype": "BYTES", "data": ["7"]}, "wrong_datatype", "input 'productid' must have datatype INT64"),
+    ({"datatype": "FP32", "data": [7.0]}, "wrong_datatype", "input 'productid' must have datatype INT64"),
+    ({"shape": [1, 2], "data": [[7, 8]]}, "wrong_shape", "input 'productid' must have shape"),
+    ({"shape": [2], "data": [7, 8]}, "batch_mismatch", "different numbers of products"),
+    ({"data": [7.5]}, "invalid_productid", r"productid\[0\] must be a 64-bit integer"),
+    ({"data": [True]}, "invalid_productid", r"productid\[0\] must be a 64-bit integer"),
+    ({"data": ["7"]}, "invalid_productid", r"productid\[0\] must be a 64-bit integer"),
+    ({"data": [2**63]}, "invalid_productid", r"productid\[0\] must be a 64-bit integer"),
+])
+def test_bad_productid_is_a_400_naming_it(changes, kind, message):
+    exc = only_rejections(parse_and_decode, with_productid(**changes))
+    assert exc is not None and exc.kind == kind and exc.status == 400 and re.search(message, str(exc.reason))
+
+
+def test_binary_productid_of_the_wrong_size_is_a_400():
+    header = json.loads(json.dumps(VALID_ID))
+    del header["inputs"][3]["data"]
+    header["inputs"][3]["parameters"] = {"binary_data_size": 4}
+    encoded = json.dumps(header).encode()
+    exc = only_rejections(lambda: decode_request(decode_binary_request(encoded + b"\0" * 4, str(len(encoded)),
+                                                                       "rakuten-classifier"), LIMITS, 27))
+    assert exc.kind == "shape_mismatch" and "'productid'" in str(exc.reason)
+
+
 _OLD_TAG = re.compile(r"<[^>]*>")
 html_like = st.lists(st.sampled_from(list("<>/ab &;#x1é\n\"'=") + ["&amp;", "&lt;", "&gt;", "<br>", "&#60;"]),
                      max_size=120).map("".join)

@@ -329,7 +329,10 @@ def test_v2_contract_page_matches_the_codec():
     rows = dict(re.findall(r"^\| `(\w+)` \| (yes|no) \|", page, re.M))
     assert rows == {**{n: "yes" for n in REQUIRED_INPUTS}, **{n: "no" for n in OPTIONAL_INPUTS}}, rows
     for tensor in RakutenClassifier.get_input_types(None):
-        assert tensor["datatype"] == "BYTES" and "all inputs `datatype: BYTES`" in page, tensor
+        if tensor["name"] == "productid":
+            assert tensor["datatype"] == "INT64" and "but `productid` (`INT64`)" in page, tensor
+        else:
+            assert tensor["datatype"] == "BYTES" and "all inputs `datatype: BYTES`" in page, tensor
     for tensor in RakutenClassifier.get_output_types(None):
         assert f"`{tensor['name']}` {tensor['datatype']}" in page, tensor
 

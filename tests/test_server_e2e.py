@@ -69,7 +69,7 @@ def test_health_and_metadata(server_url):
     with urllib.request.urlopen(f"{server_url}/v2/models/rakuten-classifier") as r:
         meta = json.loads(r.read())
     assert [(t["name"], t["datatype"]) for t in meta["inputs"]] == [
-        ("designation", "BYTES"), ("description", "BYTES"), ("image", "BYTES")]
+        ("designation", "BYTES"), ("description", "BYTES"), ("image", "BYTES"), ("productid", "INT64")]
     assert [(t["name"], t["datatype"]) for t in meta["outputs"]] == [("prdtypecode", "INT64"), ("probability", "FP32")]
 
 

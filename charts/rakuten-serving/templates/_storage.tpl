@@ -76,7 +76,7 @@ serving.kserve.io/s3-region: {{ .Values.s3.region | quote }}
 {{- if .Values.mlflow.enabled -}}
 {{- $buckets = append $buckets (include "rakuten-serving.s3.bucketOf" (include "rakuten-serving.mlflow.artifactsDestination" .)) -}}
 {{- end -}}
-{{- range $uri := list .Values.training.data.uri (include "rakuten-serving.batchPredict.dataUri" .) (include "rakuten-serving.batchPredict.outputUri" .) -}}
+{{- range $uri := list .Values.training.data.uri (include "rakuten-serving.batchPredict.dataUri" .) (include "rakuten-serving.batchPredict.outputUri" .) .Values.predictor.capture.uri -}}
 {{- with include "rakuten-serving.s3.bucketOf" $uri -}}{{- $buckets = append $buckets . -}}{{- end -}}
 {{- end -}}
 {{- $buckets | compact | uniq | join " " -}}
@@ -151,5 +151,10 @@ serving.kserve.io/s3-region: {{ .Values.s3.region | quote }}
 {{- $objectActions = concat $objectActions (list "s3:PutObject" "s3:DeleteObject" "s3:AbortMultipartUpload" "s3:ListMultipartUploadParts") -}}
 {{- end -}}
 {{- $statements := list (dict "Effect" "Allow" "Action" $bucketActions "Resource" $bucketArns) (dict "Effect" "Allow" "Action" $objectActions "Resource" $objectArns) -}}
+{{- /* putPrefixes: s3://bucket/prefix URIs where the user may only create objects (inference capture). */}}
+{{- range .putPrefixes -}}
+{{- $path := trimSuffix "/" (trimPrefix "s3://" .) -}}
+{{- $statements = append $statements (dict "Effect" "Allow" "Action" (list "s3:PutObject") "Resource" (list (printf "arn:aws:s3:::%s/*" $path))) -}}
+{{- end -}}
 {{- dict "Version" "2012-10-17" "Statement" $statements | toPrettyJson -}}
 {{- end -}}

@@ -1,0 +1,195 @@
+"""Cost of inference capture on serving: throughput and p99 with capture off / 0.1 / 1.0, same run.
+
+    python benchmarks/capture_cost.py --model-uri model-store/rakuten-classifier [--duration 15]
+        [--rounds 2] [--rates 0,0.1,1] [--payload binary] [--concurrency 32] [--products 1000]
+
+One real ``python -m model_server`` per (round, rate), capturing to a real S3 API server
+(moto_server on 127.0.0.1, MinIO's stand-in) with ``--capture_uri s3://bench-captures/run<n>``
+(files every 2 s, so that the writing falls inside the measured window),
+driven by the serving benchmark's closed-loop client (its own process, one product per request).
+Rounds alternate the order (off, 0.1, 1.0, then 1.0, 0.1, off ...) so that the machine's drift
+falls on every rate alike; the table gives each rate's mean and its ratio to capture off.
+``--products`` distinct products (each image new to a fresh server until it has seen them all),
+so that image uploads are part of the cost, not only record files.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import statistics
+import sys
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
+
+from benchmarks.serving.closed_loop import run_client, write_requests
+from benchmarks.serving.common import log
+from benchmarks.serving.metrics import scrape
+from benchmarks.serving.servers import running_model_server, s3_api_server
+from benchmarks.serving.settings import CommonSettings, float_list, parse
+from rakuten_common.options import AT_LEAST_ONE, option
+
+
+@dataclass(frozen=True)
+class CaptureCostSettings(CommonSettings):
+    duration: float = option(15.0, type=float, help="seconds measured per server")
+    warmup: float = option(3.0, type=float, help="seconds of load before measuring")
+    rounds: int = option(2, type=AT_LEAST_ONE, help="passes over the rates, alternating their order")
+    rates: tuple[float, ...] = option((0.0, 0.1, 1.0), type=float_list, metavar="LIST", shown="0,0.1,1",
+                                      help="--capture_sample_rate values; 0: capture off (no --capture_uri)")
+    payload: str = option("binary", choices=("binary", "base64"), help="request form")
+    concurrency: int = option(32, type=AT_LEAST_ONE, help="closed-loop clients")
+    capture_content: str = option("full", choices=("full", "hashes"), help="--capture_content of the servers")
+    products: int = option(1000, help="distinct products (images new to each server until all were sent)")
+
+    def resolved(self) -> CaptureCostSettings:
+        """``--quick``: one short round, a smoke check."""
+        return replace(self, duration=3.0, warmup=1.0, rounds=1, products=64) if self.quick else self
+
+
+def in_process(products, s3_env: dict, content: str) -> dict:
+    """What capturing one product costs, measured in this process against the S3 API server:
+    the request path (sampling and enqueueing, best of 5 passes) and the writer thread's CPU
+    per record (hashing, JSON, gzip, the image and records uploads; every image new)."""
+    import os
+    import threading
+    import time
+
+    import numpy as np
+
+    from model_server.capture import Capture, CaptureWriter, open_capture_store
+    from model_server.codec import Products
+    from model_server.settings import CaptureSettings
+
+    os.environ.update(s3_env)
+    uri = "s3://bench-captures/in-process"
+    settings = CaptureSettings(uri, 1.0, content, 1 << 40, 1000, 3600.0)
+    codes = np.array([[10, 2280, 40]], dtype=np.int64)
+    probabilities = np.array([[0.7, 0.2, 0.1]], dtype=np.float32)
+    batches = [Products([p.designation], [p.description], [p.image], 3, [i]) for i, p in enumerate(products)]
+
+    def queued(name: str) -> tuple[Capture, CaptureWriter]:
+        """A capture whose writer is not started: what is observed stays queued."""
+        writer = CaptureWriter(open_capture_store(uri), settings, "capture-cost", name=name)
+        return Capture(writer, 1.0), writer
+
+    best = float("inf")
+    for attempt in range(5):
+        capture, _ = queued(f"request-path-{attempt}")
+        started = time.perf_counter()
+        for i, batch in enumerate(batches):
+            capture.observe(f"r{i}", batch, codes, probabilities, "v1")
+        best = min(best, (time.perf_counter() - started) / len(batches))
+    capture, writer = queued("writer")
+    for i, batch in enumerate(batches):
+        capture.observe(f"r{i}", batch, codes, probabilities, "v1")
+    cpu = {}
+    run = writer._run
+
+    def timed():
+        started = time.thread_time()
+        run()
+        cpu["seconds"] = time.thread_time() - started
+
+    writer._thread = threading.Thread(target=timed, daemon=True)  # the writer's loop, timed in its thread
+    writer.start()
+    writer.close(600)
+    result = {"request_path_us": best * 1e6, "writer_cpu_ms": cpu["seconds"] / len(batches) * 1e3}
+    log.info("in process: request path %.1f us per product; writer thread %.2f ms CPU per record (%s content, "
+             "every image new)", result["request_path_us"], result["writer_cpu_ms"], content)
+    return result
+
+
+def label(rate: float) -> str:
+    return "off" if rate == 0 else f"{rate:g}"
+
+
+def measure(settings: CaptureCostSettings, model_dir: Path, workdir: Path, s3_env: dict, rate: float,
+            run: int) -> dict:
+    """One server at ``rate``: the client's cell and the capture counters."""
+    args = shlex.split(settings.server_args)
+    if rate > 0:
+        # Files every 2 s: the writing happens inside the measured window, not after it.
+        args += [f"--capture_uri=s3://bench-captures/run{run}", f"--capture_sample_rate={rate}",
+                 f"--capture_content={settings.capture_content}", "--capture_flush_seconds=2"]
+    with running_model_server(str(model_dir), workdir / f"server-{run}-{label(rate)}.log", args,
+                              batch_size=32, env=s3_env) as (server, _):
+        (cell,) = run_client(workdir, server.url, server.pid, [(settings.payload, settings.concurrency)],
+                             settings.duration, settings.warmup, settings.top_k,
+                             timeout=settings.duration + settings.warmup + 300)
+        metrics = scrape(server.url)
+    counts = {outcome: metrics.total("rakuten_capture_records_total", outcome=outcome) or 0
+              for outcome in ("written", "dropped", "failed")}
+    log.info("  capture %-4s %7.1f req/s  p50 %6.1f  p99 %6.1f ms  server %.2f ms CPU/request  errors %d  "
+             "records written %d dropped %d failed %d", label(rate), cell.throughput, cell.p50_ms, cell.p99_ms,
+             cell.server_cpu_ms_per_request, cell.errors, counts["written"], counts["dropped"], counts["failed"])
+    return {"rate": rate, "throughput": cell.throughput, "p50_ms": cell.p50_ms, "p99_ms": cell.p99_ms,
+            "cpu_ms": cell.server_cpu_ms_per_request, "errors": cell.errors, **counts}
+
+
+def table(results: list[dict], rates: tuple[float, ...]) -> str:
+    def mean(rate, key):
+        return statistics.fmean(r[key] for r in results if r["rate"] == rate)
+
+    base = rates[0]
+    lines = ["| capture | req/s | p99 ms | server CPU ms/req | req/s vs off | p99 vs off | records written / dropped |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for rate in rates:
+        runs = [r for r in results if r["rate"] == rate]
+        per_run = " / ".join(f"{r['throughput']:.1f}" for r in runs)
+        lines.append(f"| {label(rate)} | {mean(rate, 'throughput'):.1f} ({per_run}) | {mean(rate, 'p99_ms'):.1f} | "
+                     f"{mean(rate, 'cpu_ms'):.2f} | {mean(rate, 'throughput') / mean(base, 'throughput'):.3f} | "
+                     f"{mean(rate, 'p99_ms') / mean(base, 'p99_ms'):.3f} | "
+                     f"{sum(r['written'] for r in runs):.0f} / {sum(r['dropped'] for r in runs):.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse(CaptureCostSettings, argv, __doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
+    from rakuten_common.logs import configure_logging
+
+    configure_logging()
+    import boto3
+
+    from benchmarks.serving.cli import prepare_model, prepare_products
+    from loadtests.products import encode
+
+    workdir = settings.workdir or Path(tempfile.mkdtemp(prefix="rakuten-capture-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    model_dir, _, model = prepare_model(settings.model_uri, workdir)
+    products, described = prepare_products(settings.products, settings.data_dir)
+    log.info("model %s, %d products (%.0f KB images), %s c=%d, %g s per server, %d rounds", model["version"],
+             described["count"], described["mean_image_kb"], settings.payload, settings.concurrency,
+             settings.duration, settings.rounds)
+    write_requests(workdir, {settings.payload: [encode([p], settings.top_k, settings.payload) for p in products]})
+    results = []
+    with s3_api_server(workdir / "moto.log") as s3_env:
+        boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                     aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket="bench-captures")
+        costs = in_process(products[:300], s3_env, settings.capture_content)
+        run = 0
+        for round_ in range(settings.rounds):
+            for rate in (settings.rates if round_ % 2 == 0 else tuple(reversed(settings.rates))):
+                results.append(measure(settings, model_dir, workdir, s3_env, rate, run))
+                run += 1
+    print(f"\nCapture cost, {settings.payload} c={settings.concurrency}, {settings.duration:g} s per server, "
+          f"{settings.rounds} round(s), {described['count']} distinct products:\n")
+    print(table(results, settings.rates), flush=True)
+    print(f"\nIn process: the request path costs {costs['request_path_us']:.1f} us per captured product; the "
+          f"writer thread {costs['writer_cpu_ms']:.2f} ms of CPU per record ({settings.capture_content} content, "
+          "every image new).", flush=True)
+    if settings.json:
+        settings.json.parent.mkdir(parents=True, exist_ok=True)
+        settings.json.write_text(json.dumps({"model": model, "products": described, "in_process": costs,
+                                             "runs": results}, indent=2) + "\n")
+    errors = sum(r["errors"] for r in results)
+    if errors:
+        log.error("PROBLEM: %d requests failed", errors)
+    log.info("logs in %s", workdir)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

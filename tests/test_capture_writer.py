@@ -1,0 +1,168 @@
+"""The capture writer (model_server.capture) in-process against the real S3 API server (moto_server)
+and a local folder: records and images written and readable, images stored once, files never
+overwritten, hashes-only mode, the byte bound dropping and counting, an unreachable endpoint."""
+from __future__ import annotations
+
+import gzip
+import time
+
+import numpy as np
+import pytest
+from prometheus_client import REGISTRY
+
+from model_server.capture import Capture, CaptureWriter, open_capture_store
+from model_server.codec import Products
+from model_server.settings import CaptureSettings
+from rakuten_common import captures
+from rakuten_common.captures import parse_records_key, read_capture_file
+from rakuten_common.processes import free_port, wait_until
+
+MODEL = "capture-test"
+
+
+def settings(uri: str, **changes) -> CaptureSettings:
+    values = dict(uri=uri, sample_rate=1.0, content="full", queue_bytes=64 * 1024 * 1024, file_records=1000,
+                  flush_seconds=600.0)
+    values.update(changes)
+    return CaptureSettings(**values)
+
+
+def count(outcome: str, model: str = MODEL) -> float:
+    return REGISTRY.get_sample_value("rakuten_capture_records_total", {"model_name": model, "outcome": outcome}) or 0
+
+
+def products(n: int, image_every: int = 1) -> Products:
+    return Products(designations=[f"Lampe {i}" for i in range(n)], descriptions=[f"<p>LED {i}</p>" for i in range(n)],
+                    images=[b"\xff\xd8 image %d" % (i // image_every) for i in range(n)], top_k=2,
+                    productids=[1000 + i for i in range(n)])
+
+
+def answers(n: int):
+    codes = np.array([[10, 2280]] * n, dtype=np.int64)
+    probabilities = np.array([[0.75, 0.25]] * n, dtype=np.float32)
+    return codes, probabilities
+
+
+def capture(uri: str, model: str = MODEL, **changes) -> Capture:
+    writer = CaptureWriter(open_capture_store(uri), settings(uri, **changes), model, name="pod-a-20261203T000000")
+    writer.start()
+    return Capture(writer, settings(uri, **changes).sample_rate)
+
+
+def read_all(store) -> list:
+    records = []
+    for obj in store.list_objects("captures"):
+        assert parse_records_key(obj.key), obj.key
+        records += read_capture_file(store.get_bytes(obj.key), obj.key)
+    return records
+
+
+@pytest.fixture
+def bucket(s3_env):
+    name = f"captures-{time.monotonic_ns()}"
+    s3_env.client().create_bucket(Bucket=name)
+    return f"s3://{name}/prod"
+
+
+def test_records_and_images_are_written_once_and_read_back(bucket):
+    cap = capture(bucket)
+    batch = products(6, image_every=2)  # 3 distinct images
+    codes, probabilities = answers(6)
+    cap.observe("req-1", batch, codes, probabilities, "v1")
+    cap.observe("req-2", batch, codes, probabilities, "v1")
+    assert cap.close(30)
+    store = open_capture_store(bucket)
+    records = read_all(store)
+    assert len(records) == 12
+    first = records[0]
+    assert (first.request_id, first.productid, first.designation, first.description) == \
+        ("req-1", 1000, "Lampe 0", "<p>LED 0</p>")
+    assert first.top_k == ((10, 0.75), (2280, 0.25)) and first.model_version == "v1" and first.content == "full"
+    assert first.text_sha256 == captures.text_sha256("Lampe 0", "<p>LED 0</p>")
+    images = store.list_objects("images")
+    assert sorted(o.key for o in images) == sorted({r.image_key for r in records}) and len(images) == 3
+    assert store.get_bytes(first.image_key) == b"\xff\xd8 image 0"
+    assert count("written") >= 12
+
+
+def test_hashes_only_mode_keeps_text_and_images_out(bucket):
+    cap = capture(bucket, model="capture-hashes", content="hashes")
+    cap.observe("req-h", products(3), *answers(3), "v1")
+    assert cap.close(30)
+    store = open_capture_store(bucket)
+    records = read_all(store)
+    assert len(records) == 3 and all(r.content == "hashes" and r.designation is None and r.description is None
+                                     for r in records)
+    assert records[1].image_sha256 == captures.image_sha256(b"\xff\xd8 image 1")
+    assert records[1].productid == 1001
+    assert store.list_objects("images") == []
+    raw = gzip.decompress(store.get_bytes(store.list_objects("captures")[0].key))
+    assert b"Lampe" not in raw and b"image 1" not in raw
+
+
+def test_a_file_is_never_overwritten(bucket):
+    store = open_capture_store(bucket)
+    taken = captures.records_key(captures.utc_now()[:10], "pod-a-20261203T000000", 0)
+    store.put_bytes(taken, b"someone else's file")
+    cap = capture(bucket, model="capture-names")
+    cap.observe("req-n", products(2), *answers(2), "v1")
+    assert cap.close(30)
+    assert store.get_bytes(taken) == b"someone else's file"
+    keys = sorted(o.key for o in store.list_objects("captures"))
+    assert [parse_records_key(k).seq for k in keys] == [0, 1]
+    assert len(list(read_capture_file(store.get_bytes(keys[1])))) == 2
+
+
+def test_files_are_flushed_on_size_and_on_age(tmp_path):
+    cap = capture(str(tmp_path), model="capture-flush", file_records=5, flush_seconds=0.5)
+    store = open_capture_store(str(tmp_path))
+    cap.observe("req-size", products(12), *answers(12), "v1")  # two full files at once, 2 left waiting
+    wait_until(lambda: len(store.list_objects("captures")) >= 3, 20, "files flushed on size and then age",
+               interval=0.1)
+    assert sorted(len(read_all_key(store, o.key)) for o in store.list_objects("captures")) == [2, 5, 5]
+    assert cap.close(30)
+
+
+def test_a_lone_product_is_written_on_age(tmp_path):
+    """An idle writer wakes for the first product and writes it when it is --capture_flush_seconds old."""
+    cap = capture(str(tmp_path), model="capture-age", flush_seconds=0.3)
+    store = open_capture_store(str(tmp_path))
+    cap.observe("req-age", products(1), *answers(1), "v1")
+    wait_until(lambda: len(store.list_objects("captures")) == 1, 20, "one file flushed on age", interval=0.1)
+    assert [r.request_id for r in read_all(store)] == ["req-age"]
+    assert cap.close(30)
+
+
+def read_all_key(store, key):
+    return list(read_capture_file(store.get_bytes(key), key))
+
+
+def test_a_full_queue_drops_and_counts_without_waiting(tmp_path):
+    size = len("Lampe 0") + len("<p>LED 0</p>") + len(b"\xff\xd8 image 0") + 400
+    cap = capture(str(tmp_path), model="capture-full", queue_bytes=3 * size + 10)
+    cap.observe("req-full", products(10), *answers(10), "v1")  # the writer waits for 1000 records or 600 s
+    assert count("dropped", "capture-full") == 7
+    assert cap.close(30)
+    assert count("written", "capture-full") == 3
+    assert len(read_all(open_capture_store(str(tmp_path)))) == 3
+
+
+def test_an_unreachable_store_fails_fast_and_counts(monkeypatch, caplog):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    cap = capture("s3://nowhere/captures", model="capture-down", file_records=2)
+    cap.observe("req-down", products(4), *answers(4), "v1")
+    assert cap.close(60)  # two attempts with short timeouts per batch: never minutes
+    assert count("failed", "capture-down") == 4 and count("written", "capture-down") == 0
+    assert REGISTRY.get_sample_value("rakuten_capture_files_total",
+                                     {"model_name": "capture-down", "outcome": "failed"}) >= 1
+    assert "records not written to s3://nowhere/captures" in caplog.text
+
+
+def test_sampling_takes_about_the_rate(tmp_path):
+    cap = capture(str(tmp_path), model="capture-rate", sample_rate=0.25)
+    for i in range(40):
+        cap.observe(f"req-{i}", products(10), *answers(10), "v1")
+    assert cap.close(30)
+    assert 50 <= count("written", "capture-rate") <= 150  # 100 expected of 400
