@@ -12,8 +12,10 @@ start (``loadtests/products.py``); ``--shift`` replaces them by products unlike 
 (one family, English texts, grayscale or tiny images), for the drift gauges and alerts. Every
 answer is checked (status 200, outputs of shape [N, top_k], known codes, sorted probabilities); a
 wrong answer counts as a failure. At the end the run exits non-zero if the failure ratio or the inference
-p95/p99 exceed the thresholds
-(``loadtests/thresholds.py``). The custom options are listed in ``loadtests/locust.conf`` and
+p95/p99 exceed the thresholds (``loadtests/thresholds.py``). Against a server with API keys on, the key
+comes from the environment, ``API_KEY`` or ``API_KEY_FILE`` (``rakuten_common.v2_client.api_key``), and
+is sent as ``Authorization: Bearer`` on every call but the readiness probe. The custom options are listed
+in ``loadtests/locust.conf`` and
 docs/load-testing.md (Locust prints its --help before loading this file, so they are not there).
 """
 from __future__ import annotations
@@ -41,6 +43,7 @@ from loadtests.products import (
 from loadtests.profiles import SHAPES
 from loadtests.shapes import LoadProfile  # noqa: F401 - Locust picks up the shape class
 from rakuten_common.bundle import MODEL_NAME
+from rakuten_common.v2_client import api_key, auth_headers
 
 logger = logging.getLogger("loadtest")
 
@@ -48,6 +51,7 @@ INFER_PATH = f"/v2/models/{MODEL_NAME}/infer"
 METADATA_PATH = f"/v2/models/{MODEL_NAME}"
 READY_PATH = "/v2/health/ready"
 POOL: RequestPool | None = None
+AUTH: dict[str, str] = {}   # the API key's header, from API_KEY / API_KEY_FILE (none: a server without keys)
 
 
 @events.init_command_line_parser.add_listener
@@ -80,10 +84,13 @@ def add_arguments(parser):
 
 @events.init.add_listener
 def build_pool(environment, **_):
-    """Build and encode the products once per load-generating process."""
-    global POOL
+    """Build and encode the products once per load-generating process; read the API key."""
+    global POOL, AUTH
     if isinstance(environment.runner, MasterRunner):
         return
+    AUTH = auth_headers(api_key())
+    if AUTH:
+        logger.info("Sending an API key (from the environment: API_KEY or API_KEY_FILE)")
     options = environment.parsed_options
     shifts = parse_shifts(options.shift)
     if shifts and options.data_dir:
@@ -130,7 +137,7 @@ class ClassifierUser(FastHttpUser):
         return random.uniform(0, self.environment.parsed_options.think_time)
 
     def _infer(self, encoded, name: str) -> None:
-        with self.client.post(INFER_PATH, data=encoded.body, headers=encoded.headers, name=name,
+        with self.client.post(INFER_PATH, data=encoded.body, headers={**encoded.headers, **AUTH}, name=name,
                               catch_response=True) as response:
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {(response.text or '')[:200]}")
@@ -157,7 +164,7 @@ class ClassifierUser(FastHttpUser):
 
     @task(3)
     def metadata(self):
-        with self.client.get(METADATA_PATH, name="metadata", catch_response=True) as response:
+        with self.client.get(METADATA_PATH, headers=AUTH, name="metadata", catch_response=True) as response:
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}")
                 return

@@ -20,6 +20,8 @@ import threading
 import time
 from pathlib import Path
 
+from rakuten_common.v2_client import read_keys_file  # one file format for the server and its clients
+
 logger = logging.getLogger("rakuten.model_server")
 
 #: How often the keys file's modification time is checked.
@@ -28,11 +30,6 @@ RELOAD_INTERVAL_SECONDS = 5.0
 
 def key_id(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:8]
-
-
-def read_keys_file(path: Path) -> list[str]:
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
 def credential(authorization: str | None, api_key: str | None) -> str | None:

@@ -5,7 +5,9 @@
 The chart's `helm test` pod runs it from the model-server image, and `make e2e` runs it from
 the host against the NodePort. It speaks the documented V2 contract through
 ``rakuten_common.v2_client`` and draws its own product with ``rakuten_common.synthetic``, so it
-needs nothing but the predictor. Exit 0 when every check passed, 1 at the first failure.
+needs nothing but the predictor. With API keys on it sends the key of ``--api-key``,
+``--api-key-file``, ``API_KEY`` or ``API_KEY_FILE`` (the chart's test pod mounts the keys Secret).
+Exit 0 when every check passed, 1 at the first failure.
 """
 from __future__ import annotations
 
@@ -23,7 +25,11 @@ from rakuten_common.logs import configure_logging
 from rakuten_common.options import HelpFormatter, add_options, from_args, option
 from rakuten_common.processes import http_ok, wait_until
 from rakuten_common.v2_client import (
+    ApiKeyError,
+    ApiKeyOptions,
     Product,
+    api_key,
+    auth_headers,
     infer_request,
     infer_url,
     parse_response,
@@ -59,14 +65,14 @@ def product(code: int = 2583, seed: int = 7) -> Product:
     return Product(designation, description, buffer.getvalue())
 
 
-def get_json(url: str, timeout: float = 10.0) -> dict:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+def get_json(url: str, timeout: float = 10.0, headers: dict[str, str] | None = None) -> dict:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as response:
         return json.loads(response.read() or b"{}")
 
 
-def run(settings: SmokeSettings) -> list[tuple[int, float]]:
-    """Every check in order; returns the top-k answer. Raises SmokeTestFailure."""
-    base = settings.url.rstrip("/")
+def run(settings: SmokeSettings, key: str | None = None) -> list[tuple[int, float]]:
+    """Every check in order (``key``: the API key to send); returns the top-k answer. Raises SmokeTestFailure."""
+    base, auth = settings.url.rstrip("/"), auth_headers(key)
     try:
         waited = wait_until(lambda: http_ok(f"{base}/v2/health/ready"), settings.wait, f"{base}/v2/health/ready",
                             interval=2)
@@ -74,14 +80,14 @@ def run(settings: SmokeSettings) -> list[tuple[int, float]]:
         raise SmokeTestFailure(str(exc)) from None
     logger.info("ok: %s/v2/health/ready (after %.0f s)", base, waited)
 
-    metadata = get_json(f"{base}/v2/models/{settings.model}")
+    metadata = get_json(f"{base}/v2/models/{settings.model}", headers=auth)
     names = sorted(i["name"] for i in metadata.get("inputs", []))
     if names != INPUTS:
         raise SmokeTestFailure(f"model metadata: inputs {names}, expected {INPUTS}: {metadata}")
     logger.info("ok: /v2/models/%s inputs %s, version %s", settings.model, names, metadata.get("versions"))
 
     body = json.dumps(infer_request([product()], top_k=settings.top_k)).encode()
-    status, answer = post(infer_url(base, settings.model), body, {"Content-Type": "application/json"})
+    status, answer = post(infer_url(base, settings.model), body, {"Content-Type": "application/json", **auth})
     if status != 200:
         raise SmokeTestFailure(f"infer: HTTP {status}: {answer}")
     top = parse_response(answer)[0]
@@ -100,11 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model_server.smoke_test", formatter_class=HelpFormatter,
                                      description=__doc__.split("\n\n")[0])
     add_options(parser, SmokeSettings)
-    settings = from_args(SmokeSettings, parser.parse_args(argv))
+    add_options(parser, ApiKeyOptions)
+    args = parser.parse_args(argv)
+    settings, keys = from_args(SmokeSettings, args), from_args(ApiKeyOptions, args)
     configure_logging()
     try:
-        run(settings)
-    except (SmokeTestFailure, OSError, ValueError, KeyError) as exc:
+        run(settings, api_key(keys.api_key, keys.api_key_file))
+    except (SmokeTestFailure, ApiKeyError, OSError, ValueError, KeyError) as exc:
         logger.error("FAIL: %s", exc)
         return 1
     return 0

@@ -3,19 +3,79 @@
 Used by ``python -m model_server.client``, ``make demo``, the chart's smoke test, the rollout's
 smoke call, the tests, the Locust scenarios and the benchmarks, so that all speak exactly the
 contract of docs/reference/v2-contract.md. Standard library only (the training image has no KServe).
+
+A server with API keys on (``--api_keys``/``--api_keys_file``) wants ``Authorization: Bearer
+<key>``. Every client finds its key the same way (``api_key``): ``--api-key``, else
+``--api-key-file``, else the environment, ``API_KEY`` then ``API_KEY_FILE`` (a file in the
+server's keys-file format, e.g. the chart's mounted Secret: its first key is sent). The key is
+never logged.
 """
 from __future__ import annotations
 
 import base64
 import json
+import os
 import struct
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from rakuten_common.bundle import MODEL_NAME
+from rakuten_common.errors import RakutenError
+from rakuten_common.options import option
 
 BINARY_HEADER = "Inference-Header-Content-Length"
+#: Environment variables a client reads its API key from: the key itself, or a keys file.
+API_KEY_ENV, API_KEY_FILE_ENV = "API_KEY", "API_KEY_FILE"
+
+
+class ApiKeyError(RakutenError, ValueError):
+    """An API key file that cannot be read or holds no key."""
+
+
+@dataclass(frozen=True)
+class ApiKeyOptions:
+    """The key options of the command-line clients (``python -m model_server.client``, ``.smoke_test``)."""
+
+    api_key: str = option("", metavar="KEY", shown=f"env {API_KEY_ENV}",
+                          help="API key sent as Authorization: Bearer, for a server with keys on "
+                               "(prefer the environment or a file: flags show in ps)")
+    api_key_file: str = option("", metavar="FILE", shown=f"env {API_KEY_FILE_ENV}",
+                               help="file whose first non-comment line is the API key (the server's "
+                                    "--api_keys_file format, e.g. a mounted Secret)")
+
+
+def read_keys_file(path: str | Path) -> list[str]:
+    """The keys of a keys file: one per line, blank lines and ``#`` comments skipped (the format of
+    the server's ``--api_keys_file``, e.g. a mounted Kubernetes Secret)."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def api_key(key: str = "", key_file: str = "", environ: Mapping[str, str] = os.environ) -> str | None:
+    """The key to send: ``key``, else the first key of ``key_file``, else ``$API_KEY``, else the first
+    key of ``$API_KEY_FILE``; ``None`` when none is set (a server without keys). ``ApiKeyError``
+    names a file that cannot be read or holds no key (never the key)."""
+    key = key.strip() or (environ.get(API_KEY_ENV, "").strip() if not key_file else "")
+    if key:
+        return key
+    path = key_file or environ.get(API_KEY_FILE_ENV, "").strip()
+    if not path:
+        return None
+    try:
+        keys = read_keys_file(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ApiKeyError(f"API key file {path}: {exc.strerror if isinstance(exc, OSError) else exc}") from None
+    if not keys:
+        raise ApiKeyError(f"API key file {path} holds no key (only blank lines and # comments)")
+    return keys[0]
+
+
+def auth_headers(key: str | None) -> dict[str, str]:
+    """The header that carries ``key`` (none without a key)."""
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 @dataclass

@@ -116,6 +116,47 @@ def test_grpc_needs_the_key_too(keyed):
     assert api.ServerReady(pb.ServerReadyRequest(), timeout=10).ready  # probes stay open
 
 
+def test_helm_test_and_the_client_cli_send_the_key_of_the_environment(keyed, tmp_path):
+    """``python -m model_server.smoke_test`` (the chart's ``helm test`` pod, which gets the keys
+    Secret as API_KEY_FILE) and ``python -m model_server.client`` (``make call-model``) against a
+    server with keys on: each sends the key it finds, and never prints it."""
+    from tests.support.commands import run_module
+    from tests.support.servers import REPO
+
+    time.sleep(2)  # a full rate-limit bucket: each run makes two or one calls
+    smoke = run_module("model_server.smoke_test", "--url", keyed.url, "--wait", "10",
+                       env={"API_KEY_FILE": str(keyed.keys)}, cwd=REPO, timeout=120)
+    assert smoke.returncode == 0, smoke.stdout[-2000:] + smoke.stderr[-2000:]
+    assert "ok: infer" in smoke.stdout and KEY not in smoke.stdout + smoke.stderr
+    time.sleep(1.5)
+    image = tmp_path / "photo.jpg"
+    image.write_bytes(jpeg())
+    client = run_module("model_server.client", "--url", keyed.url, "--designation", "Tente de camping",
+                        "--image", str(image), env={"API_KEY": KEY}, cwd=REPO, timeout=120)
+    assert client.returncode == 0 and "#1 prdtypecode" in client.stdout, client.stderr[-2000:]
+    time.sleep(1.5)
+    refused = run_module("model_server.smoke_test", "--url", keyed.url, "--wait", "10", cwd=REPO, timeout=120)
+    assert refused.returncode == 1 and "401" in refused.stderr, refused.stderr[-2000:]
+
+
+def test_a_client_finds_its_key_as_documented(tmp_path, monkeypatch):
+    from rakuten_common.v2_client import ApiKeyError, api_key, auth_headers
+
+    keys = tmp_path / "api-keys"
+    keys.write_text("# rotated monthly\n\n  first-key \nsecond-key\n")
+    assert api_key(environ={}) is None and auth_headers(None) == {}
+    assert api_key(environ={"API_KEY_FILE": str(keys)}) == "first-key"
+    assert api_key(environ={"API_KEY": "env-key", "API_KEY_FILE": str(keys)}) == "env-key"
+    assert api_key(key_file=str(keys), environ={"API_KEY": "env-key"}) == "first-key"
+    assert api_key("flag-key", str(keys), environ={"API_KEY": "env-key"}) == "flag-key"
+    assert auth_headers("first-key") == {"Authorization": "Bearer first-key"}
+    (tmp_path / "empty").write_text("# no key yet\n")
+    with pytest.raises(ApiKeyError, match="holds no key"):
+        api_key(key_file=str(tmp_path / "empty"))
+    with pytest.raises(ApiKeyError, match="missing: No such file"):
+        api_key(environ={"API_KEY_FILE": str(tmp_path / "missing")})
+
+
 def test_key_comparison_and_rate_limiter_in_isolation(tmp_path):
     keys = ApiKeys(["alpha", "beta"], None)
     assert keys.check("beta") and keys.check("alpha") != keys.check("beta")

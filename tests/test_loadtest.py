@@ -19,14 +19,15 @@ from tests.support.servers import REPO
 LOCUST = Path(sys.executable).with_name("locust")
 
 
-def run_locust(server_url: str, out_dir: Path, *extra: str, run_time: str = "6s") -> subprocess.CompletedProcess:
+def run_locust(server_url: str, out_dir: Path, *extra: str, run_time: str = "6s",
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """One headless run with the project's config file, a few users, reports into ``out_dir``."""
     command = [str(LOCUST), "--config", str(REPO / "loadtests" / "locust.conf"),
                "--locustfile", str(REPO / "loadtests" / "locustfile.py"), "--host", server_url, "--headless",
                "--users", "3", "--spawn-rate", "3", "--run-time", run_time, "--think-time", "0.1",
                "--products", "12", "--csv", str(out_dir / "locust"), "--html", str(out_dir / "report.html"), *extra]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=180,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
 
 
 def stats_rows(out_dir: Path) -> dict[str, dict[str, str]]:
@@ -64,6 +65,31 @@ def test_refused_requests_are_failures_and_fail_the_run(server_url, tmp_path):
     rows = stats_rows(tmp_path)
     assert int(rows["infer 1 product"]["Failure Count"]) == int(rows["infer 1 product"]["Request Count"]) > 0
     assert "HTTP 400" in (tmp_path / "locust_failures.csv").read_text()
+
+
+@pytest.mark.e2e
+def test_against_a_server_with_api_keys_the_key_comes_from_the_environment(published, s3, artifacts_dir,
+                                                                           tmp_path_factory, tmp_path):
+    from tests.support.servers import start_model_server
+
+    keys = tmp_path_factory.mktemp("secret") / "api-keys"
+    key = "k-" + "l" * 30
+    keys.write_text(f"# the Secret's key\n{key}\n")
+    server, url = start_model_server(published.uri, artifacts_dir / "model_server_locust_keys.log",
+                                     env={**s3.env, "MODEL_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
+                                          "API_KEYS_FILE": str(keys)})
+    try:
+        done = run_locust(url, tmp_path, run_time="4s", env={"API_KEY_FILE": str(keys)})
+        assert done.returncode == 0, done.stderr[-4000:]
+        rows = stats_rows(tmp_path)
+        assert int(rows["Aggregated"]["Failure Count"]) == 0, (tmp_path / "locust_failures.csv").read_text()[:2000]
+        assert int(rows["infer 1 product"]["Request Count"]) >= 3
+        assert "Sending an API key" in done.stderr and key not in done.stderr + done.stdout
+        (tmp_path / "no-key").mkdir()
+        refused = run_locust(url, tmp_path / "no-key", run_time="3s")  # the same run without the key: all 401
+        assert refused.returncode == 1 and "HTTP 401" in (tmp_path / "no-key" / "locust_failures.csv").read_text()
+    finally:
+        server.stop()
 
 
 def test_answers_are_checked():

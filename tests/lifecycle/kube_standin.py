@@ -16,15 +16,19 @@ waits for its readiness, puts it behind the Service (a proxy on 127.0.0.1) and o
 the old pod out and stops it (maxUnavailable 0, readiness gating). Status conditions follow as
 KServe reports them. ``behaviour`` makes a rollout fail the two ways the tests need:
 ``never_ready`` (the new pod never passes readiness) and ``stale`` (the status says rolled out
-but the old pod keeps answering). ``knative=True`` reports revisions and splits the traffic by
-``canaryTrafficPercent`` instead.
+but the old pod keeps answering). ``knative=True`` plays KServe's Knative reconciler instead
+(``ksvc_reconciler.go``): a new revision per template change; the traffic split by
+``canaryTrafficPercent`` only once a revision has been rolled out (ready with 100 %; its
+``latestRolledoutRevision``), else 100 % to the latest ready revision; ``canaryTrafficPercent: 0``
+sends all of it to the rolled-out revision. ``conflicts`` answers that many matching PATCHes
+409 Conflict after a write of its own (a status update landing in between); ``Proxy.cold``
+makes a backend answer only after a cold start (a revision scaled to zero).
 """
 from __future__ import annotations
 
 import copy
 import itertools
 import json
-import random
 import threading
 import time
 import urllib.error
@@ -53,10 +57,20 @@ def merge_patch(target, patch):
 
 
 class Proxy:
-    """The predictor Service: forwards each request to one ready endpoint (weighted), like kube-proxy."""
+    """The predictor Service: forwards each request to one ready endpoint, like kube-proxy or Knative's
+    gateway. The weights are served in smooth weighted round-robin (deterministic: 80/20 sends
+    the first call to the 80 and one call in five to the 20). A backend in ``cold`` (URL ->
+    seconds) is scaled to zero: the first request starts its cold start, and every request waits
+    until it is over (as Knative's activator holds them), whether or not its client still waits."""
+
+    #: Request headers passed on to the backend.
+    FORWARDED = ("Content-Type", "Authorization", "X-API-Key")
 
     def __init__(self):
         self.routes: list[tuple[str, int]] = []   # (backend base URL, weight)
+        self.current: list[int] = []
+        self.cold: dict[str, float] = {}
+        self.warm_at: dict[str, float] = {}
         self.lock = threading.Lock()
         proxy = self
 
@@ -65,15 +79,15 @@ class Proxy:
                 pass
 
             def _forward(self, method):
-                with proxy.lock:
-                    routes = list(proxy.routes)
-                if not routes:
+                backend, wait = proxy.pick()
+                if backend is None:
                     self.send_error(503, "no ready endpoint")
                     return
-                backend = random.choices([r for r, _ in routes], weights=[w for _, w in routes])[0]
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0)) if method == "POST" else None
+                time.sleep(wait)
                 request = urllib.request.Request(backend + self.path, data=body, method=method,
-                                                 headers={"Content-Type": self.headers.get("Content-Type", "")})
+                                                 headers={k: self.headers[k] for k in proxy.FORWARDED
+                                                          if self.headers.get(k)})
                 try:
                     with urllib.request.urlopen(request, timeout=30) as answer:
                         status, payload = answer.status, answer.read()
@@ -101,6 +115,22 @@ class Proxy:
     def set(self, routes: list[tuple[str, int]]) -> None:
         with self.lock:
             self.routes = [(url, weight) for url, weight in routes if weight > 0]
+            self.current = [0] * len(self.routes)
+
+    def pick(self) -> tuple[str | None, float]:
+        """The next backend (smooth weighted round-robin) and how long its cold start still lasts."""
+        with self.lock:
+            if not self.routes:
+                return None, 0.0
+            total = sum(weight for _, weight in self.routes)
+            self.current = [c + weight for c, (_, weight) in zip(self.current, self.routes)]
+            chosen = max(range(len(self.routes)), key=self.current.__getitem__)
+            self.current[chosen] -= total
+            backend = self.routes[chosen][0]
+            if backend in self.cold:
+                warm_at = self.warm_at.setdefault(backend, time.monotonic() + self.cold[backend])
+                return backend, max(0.0, warm_at - time.monotonic())
+            return backend, 0.0
 
 
 class Pod:
@@ -125,11 +155,19 @@ class StandInCluster:
         self.behaviour = "rolling"
         self.proxy = Proxy()
         self.lock = threading.RLock()
+        self.reconciling = threading.Lock()    # one reconcile at a time, each on the spec it finds
         self.events: list[dict] = []
         self.requests: list[tuple[str, str]] = []
+        self.patches: list[tuple[dict, int]] = []   # (body, HTTP status answered)
+        self.conflicts, self.conflict_when = 0, (lambda body: True)
         self.pods: list[Pod] = []
         self.not_ready: list[Pod] = []
         self.revisions = itertools.count(1)
+        # Knative: revision name -> (pinned version, its pod or None while not ready)
+        self.revision_pods: dict[str, tuple[str | None, Pod | None]] = {}
+        self.latest_created = self.latest_ready = self.rolled_out = None
+        self.traffic: list[tuple[str, int, str | None]] = []
+        self.traffic_log: list[dict[str, int]] = []   # every split Knative was given, in order
         self.isvc = {
             "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
             "metadata": {"name": self.name, "namespace": self.namespace, "uid": "0b7c1e9e-standin", "generation": 1,
@@ -152,9 +190,9 @@ class StandInCluster:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     # -- pods ----------------------------------------------------------------------------------------
-    def start_pod(self, version: str | None) -> Pod:
+    def start_pod(self, version: str | None, name: str | None = None) -> Pod:
         """A model server loading ``<prefix>/<version>`` (the champion pointer when unpinned)."""
-        name = f"{self.name}-predictor-{next(self.revisions):05d}"
+        name = name or f"{self.name}-predictor-{next(self.revisions):05d}"
         server, url = start_model_server(f"{self.prefix}/{version or ''}", self.logs / f"{name}.log", env=self.env,
                                          extra_args=["--enable_grpc=false"], timeout=600)
         return Pod(name, version, server, url)
@@ -164,13 +202,28 @@ class StandInCluster:
         self.pods = [pod]
         self.proxy.set([(pod.url, 100)])
         if self.knative:
-            self._knative_status(f"{self.name}-predictor-00001", [(f"{self.name}-predictor-00001", 100, None)])
+            with self.lock:
+                self.revision_pods[pod.name] = (None, pod)
+                self.latest_created = self.latest_ready = pod.name
+                self._knative_route()
         return pod
+
+    def unready_first_revision(self) -> None:
+        """Knative, a fresh install: the first revision exists but never got ready (no model to load
+        yet), so nothing has been rolled out and the route has no target."""
+        assert self.knative
+        name = f"{self.name}-predictor-{next(self.revisions):05d}"
+        with self.lock:
+            self.revision_pods[name] = (None, None)
+            self.latest_created = name
+            self._knative_route()
+            self._set_condition(self.isvc, "Ready", "False", "RevisionMissing")
 
     def stop(self) -> None:
         self.server.shutdown()
         self.proxy.server.shutdown()
-        for pod in self.pods:
+        pods = {id(p): p for p in self.pods + [p for _, p in self.revision_pods.values() if p]}
+        for pod in pods.values():
             if pod.server:
                 pod.server.stop()
 
@@ -225,38 +278,58 @@ class StandInCluster:
             self._set_condition(self.isvc, "Ready", "True")
             self._bump()
 
-    def _knative_status(self, created: str, traffic: list[tuple[str, int, str | None]]) -> None:
-        with self.lock:
-            self.isvc["status"]["components"]["predictor"] = {
-                "latestCreatedRevision": created, "latestReadyRevision": created,
-                "traffic": [{"revisionName": r, "percent": p, **({"tag": t} if t else {})} for r, p, t in traffic]}
+    def _knative_route(self) -> None:
+        """KServe's traffic for the current spec, as Knative resolves it; the status it reports."""
+        percent = self.isvc["spec"]["predictor"].get("canaryTrafficPercent")
+        if percent is not None and self.rolled_out and self.latest_ready:  # a canary split
+            traffic = [(self.latest_ready, percent, "latest"), (self.rolled_out, 100 - percent, "prev")]
+        elif self.latest_ready:                 # latestRevision: true, 100 %: the latest *ready* revision
+            traffic = [(self.latest_ready, 100, "latest")]
+        else:
+            traffic = []
+        shares: dict[str, int] = {}
+        for revision, share, _ in traffic:
+            shares[revision] = shares.get(revision, 0) + share
+        if self.latest_ready and shares.get(self.latest_ready) == 100:
+            self.rolled_out = self.latest_ready
+        self.traffic = traffic
+        self.traffic_log.append(shares)
+        self.proxy.set([(self.revision_pods[r][1].url, share) for r, share in shares.items()])
+        for revision, (version, pod) in list(self.revision_pods.items()):  # idle revisions scale to zero
+            if pod and revision not in shares and revision not in (self.latest_ready, self.latest_created):
+                self.revision_pods[revision] = (version, None)
+                threading.Timer(1.0, pod.server.stop).start()  # once requests in flight are done
+        self.pods = [pod for _, pod in self.revision_pods.values() if pod]
+        self.isvc["status"]["components"]["predictor"] = {
+            "latestCreatedRevision": self.latest_created, "latestReadyRevision": self.latest_ready,
+            **({"latestRolledoutRevision": self.rolled_out} if self.rolled_out else {}),
+            "traffic": [{"revisionName": r, "percent": p, **({"tag": t} if t else {})} for r, p, t in traffic]}
+        if self.latest_ready:
             self._set_condition(self.isvc, "Ready", "True")
-            self._bump()
+        self._bump()
 
     def _knative_rollout(self, version: str | None) -> None:
-        time.sleep(0.5)
-        with self.lock:
-            percent = self.isvc["spec"]["predictor"].get("canaryTrafficPercent")
-            live = self.pods[-1]
-            current = self.isvc["status"]["components"]["predictor"]["latestCreatedRevision"]
-        if version == live.version and len(self.pods) == 2:  # the canary promoted to 100 %
-            self.proxy.set([(live.url, 100)])
-            old = self.pods[0]
+        with self.reconciling:
+            time.sleep(0.5)
             with self.lock:
-                self.pods = [live]
-            old.server.stop()
-            self._knative_status(current, [(current, 100, "latest")])
-            return
-        revision = f"{self.name}-predictor-{next(self.revisions):05d}"
-        pod = self.start_pod(version)
-        share = percent if percent is not None else 100
-        with self.lock:
-            self.pods = [live, pod] if share < 100 else [pod]
-        self.proxy.set([(live.url, 100 - share), (pod.url, share)])
-        self._knative_status(revision, [(revision, share, "latest")] + ([(current, 100 - share, "prev")]
-                                                                         if share < 100 else []))
-        if share == 100:
-            live.server.stop()
+                version = (self.isvc["spec"]["predictor"].get("annotations") or {}).get(ANNOTATION)
+                changed = self.revision_pods[self.latest_created][0] != version
+                if changed:  # a new template: a new revision, not ready yet
+                    name = f"{self.name}-predictor-{next(self.revisions):05d}"
+                    self.revision_pods[name] = (version, None)
+                    self.latest_created = name
+                    self._knative_route()
+                    rolled_version = self.revision_pods[self.rolled_out][0] if self.rolled_out else None
+            if changed:
+                if self.behaviour == "never_ready":
+                    return
+                pod = self.start_pod(rolled_version if self.behaviour == "stale" else version, name)
+                with self.lock:
+                    self.revision_pods[name] = (version, pod)
+                    if self.latest_created == name:
+                        self.latest_ready = name
+            with self.lock:
+                self._knative_route()
 
     # -- the API server ------------------------------------------------------------------------------
     def _handler(self):
@@ -303,9 +376,14 @@ class StandInCluster:
                 if self.headers.get("Content-Type") != "application/merge-patch+json":
                     return self._status(415, "UnsupportedMediaType", self.headers.get("Content-Type", ""))
                 with cluster.lock:
+                    if cluster.conflicts and cluster.conflict_when(body):
+                        cluster.conflicts -= 1
+                        cluster._bump()  # a write of someone else's lands first
                     wanted = (body.get("metadata") or {}).get("resourceVersion")
                     if wanted and wanted != cluster.isvc["metadata"]["resourceVersion"]:
+                        cluster.patches.append((body, 409))
                         return self._status(409, "Conflict", "the object has been modified")
+                    cluster.patches.append((body, 200))
                     before = copy.deepcopy(cluster.isvc["spec"])
                     cluster.isvc = merge_patch(cluster.isvc, {k: v for k, v in body.items() if k != "status"})
                     cluster._bump()

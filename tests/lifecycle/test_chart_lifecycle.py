@@ -70,6 +70,7 @@ def test_training_env_parses_with_the_promotion_command(rendered, scenario, monk
         config, rollout = from_args(PromoteConfig, args), from_args(RolloutConfig, args)
         assert (config.tolerance, config.recall_floor, config.min_class_support) == (0.01, 0.2, 5)
         assert rollout.inference_service == isvc["metadata"]["name"] and rollout.namespace == "rakuten"
+        assert rollout.smoke_call_timeout == isvc["spec"]["predictor"]["timeout"]  # the route's own timeout
         knative = scenario == "knative"
         assert rollout.smoke_url == ("" if knative else f"http://{isvc['metadata']['name']}-predictor.rakuten.svc.cluster.local")
         assert view.spec["automountServiceAccountToken"] is True

@@ -12,7 +12,8 @@ once and tested without a cluster:
   cannot start (crash loop, image or config error).
 - **Knative mode**: a new revision appears in ``status.components.predictor``; done when it is
   the latest ready one and carries the expected share of the traffic; failed when KServe reports
-  the predictor's configuration or readiness ``False``.
+  the predictor's configuration or readiness ``False``. A canary share is only ever given when a
+  revision has been rolled out before (``rolled_out_revision``).
 """
 from __future__ import annotations
 
@@ -119,6 +120,13 @@ def knative_progress(isvc: dict, previous_revision: str | None, percent: int) ->
 
 def latest_revision(isvc: dict) -> str | None:
     return _get(isvc, "status", "components", "predictor", "latestCreatedRevision")
+
+
+def rolled_out_revision(isvc: dict) -> str | None:
+    """The last revision that carried all the traffic once ready. KServe splits the traffic for
+    ``canaryTrafficPercent`` only when there is one (``ksvc_reconciler.go``); without it (a first
+    install) the latest revision gets 100 % whatever the percent says."""
+    return _get(isvc, "status", "components", "predictor", "latestRolledoutRevision") or None
 
 
 def predictor_url(isvc: dict) -> str | None:

@@ -5,17 +5,31 @@ The predictor's pods load the version named by their pod-template annotation
 API; without it they load the champion pointer's version). A rollout therefore is:
 
 1. PATCH ``spec.predictor.annotations`` of the InferenceService (JSON merge patch, guarded by
-   the ``resourceVersion`` just read). In Knative mode with ``canary_percent`` set, the first
-   patch also sets ``canaryTrafficPercent``: the new revision gets that share of the traffic,
-   is smoke-tested, then a second patch removes the field (100 %).
+   the ``resourceVersion`` just read), in both deployment modes: KServe copies it onto the pod
+   template (Standard) or the new revision (Knative), so every pod, and every revision scaling up
+   later, loads the version it names. In Knative mode with ``canary_percent`` set and a revision
+   already rolled out (``status.components.predictor.latestRolledoutRevision``), the first patch
+   also sets ``canaryTrafficPercent``: the new revision gets that share of the traffic, is
+   smoke-tested, then a second patch removes the field (100 %). Without a rolled-out revision
+   (a first install) KServe gives the new revision all the traffic whatever the percent says,
+   so there is no canary step.
 2. Wait, bounded by ``rollout_timeout``, until the new pods are Ready and no old one is left
    (``training_job.promotion.kserve_status``); a pod that cannot start fails the rollout at once.
-3. A V2 smoke call must answer with the new ``model_version`` (``training_job.promotion.smoke``).
+3. A V2 smoke call must answer with the new ``model_version`` (``training_job.promotion.smoke``),
+   with the API key of ``API_KEY``/``API_KEY_FILE`` when the predictor has keys on.
+
+A patch made after waiting (the canary's promotion, the rollback's) reads the object again just
+before and is retried on 409 Conflict (a status update or a ``helm upgrade`` meanwhile), at
+most ``CONFLICT_ATTEMPTS`` times.
 
 A failed step is reported; ``training_job.promote`` then restores the previous champion
-(registry alias and pointer) and calls ``restore`` with the previous annotation. Each outcome is
-also a Kubernetes Event on the InferenceService. RBAC needed (namespaced): inferenceservices
-get/patch, deployments get, pods list, events create.
+(registry alias and pointer) and calls ``restore`` with the previous annotation. In Knative mode
+the restore first sets ``canaryTrafficPercent: 0`` (all traffic to the rolled-out revision), then
+puts the annotation back with the field still 0 and waits for that revision, and only then
+removes the field: without the field KServe routes 100 % to the latest *ready* revision, which
+until the restored one is ready is the canary that just failed. Each outcome is also a
+Kubernetes Event on the InferenceService. RBAC needed (namespaced): inferenceservices get/patch,
+deployments get, pods list, events create.
 """
 from __future__ import annotations
 
@@ -28,6 +42,7 @@ from pathlib import Path
 
 from rakuten_common.errors import RakutenError
 from rakuten_common.options import option
+from rakuten_common.v2_client import API_KEY_ENV, API_KEY_FILE_ENV, api_key
 from training_job.promotion import kserve_status, smoke
 from training_job.promotion.kserve_status import ANNOTATION, Progress
 
@@ -39,6 +54,8 @@ NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 CANARY_CALLS = 30
 #: Bound of one call to the API server.
 API_TIMEOUT_SECONDS = 30
+#: Attempts of a patch answered 409 Conflict (re-read, patch again).
+CONFLICT_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -51,18 +68,30 @@ class RolloutConfig:
     rollout_timeout: float = option(600.0, env="ROLLOUT_TIMEOUT_SECONDS", metavar="SECONDS",
                                     help="how long the new predictor pods may take to be Ready")
     canary_percent: int = option(20, env="ROLLOUT_CANARY_PERCENT",
-                                 help="Knative mode: traffic share of the new revision during the canary step "
-                                      "(0: straight to 100%%)")
+                                 help="Knative mode: traffic share of the new revision during the canary step, "
+                                      "once a revision has been rolled out (0: straight to 100%%)")
     smoke_url: str = option("", env="ROLLOUT_SMOKE_URL", metavar="URL", shown="the InferenceService's address",
                             help="V2 base URL of the predictor for the smoke call")
     smoke_timeout: float = option(120.0, env="ROLLOUT_SMOKE_TIMEOUT_SECONDS", metavar="SECONDS",
-                                  help="how long the smoke call may wait for the new model_version")
+                                  help="how long the smoke call may wait for the new model_version (failed "
+                                       "calls are retried until then)")
+    smoke_call_timeout: float = option(60.0, env="ROLLOUT_SMOKE_CALL_TIMEOUT_SECONDS", metavar="SECONDS",
+                                       help="how long one smoke call may wait for its answer: at least the route's "
+                                            "timeout (the chart passes predictor.timeout), a revision scaled to "
+                                            "zero answers after its cold start")
+    api_key_file: str = option("", env=API_KEY_FILE_ENV, metavar="FILE",
+                               help="predictor with API keys on: file whose first non-comment line is the key the "
+                                    f"smoke call sends (the chart mounts the keys Secret; or the key in env {API_KEY_ENV})")
     poll_seconds: float = option(3.0, env="ROLLOUT_POLL_SECONDS", metavar="SECONDS",
                                  help="seconds between two status reads")
 
 
 class RolloutError(RakutenError, RuntimeError):
-    """The Kubernetes API refused or could not be reached."""
+    """The Kubernetes API refused or could not be reached; ``status`` is its HTTP status, if it answered."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -112,6 +141,7 @@ class Rollout:
         self.config = config
         self.name = config.inference_service
         self.namespace = current_namespace(config.namespace)
+        self.key = api_key(key_file=config.api_key_file)  # read once, before anything changes; never logged
         api = client or api_client()
         self.custom, self.apps, self.core = k8s.CustomObjectsApi(api), k8s.AppsV1Api(api), k8s.CoreV1Api(api)
 
@@ -123,7 +153,8 @@ class Rollout:
         try:
             return function(*args, _request_timeout=API_TIMEOUT_SECONDS, **kwargs)
         except ApiException as exc:
-            raise RolloutError(f"{what} {self.namespace}/{self.name}: HTTP {exc.status} {exc.reason}") from None
+            raise RolloutError(f"{what} {self.namespace}/{self.name}: HTTP {exc.status} {exc.reason}",
+                               exc.status) from None
         except HTTPError as exc:
             raise RolloutError(f"{what} {self.namespace}/{self.name}: {exc}") from None
 
@@ -135,6 +166,24 @@ class Rollout:
         body = {"metadata": {"resourceVersion": isvc["metadata"]["resourceVersion"]}, "spec": {"predictor": predictor}}
         return self._api("patch inferenceservice", self.custom.patch_namespaced_custom_object,
                          GROUP, API_VERSION, self.namespace, PLURAL, self.name, body)
+
+    def _patch_fresh(self, predictor: dict, still_valid=None) -> dict:
+        """Read the object, patch it guarded by that ``resourceVersion``; on 409 Conflict read and try
+        again (at most ``CONFLICT_ATTEMPTS`` times). ``still_valid(isvc)`` returns why the patch no
+        longer applies to what was read (``RolloutError``), or ``None``."""
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            isvc = self.read()
+            problem = still_valid(isvc) if still_valid else None
+            if problem:
+                raise RolloutError(problem)
+            try:
+                return self._patch(isvc, predictor)
+            except RolloutError as exc:
+                if exc.status != 409 or attempt == CONFLICT_ATTEMPTS:
+                    raise
+                logger.info("  %s/%s changed since it was read (409 Conflict): reading it again (attempt %d of %d)",
+                            self.namespace, self.name, attempt + 1, CONFLICT_ATTEMPTS)
+        raise AssertionError("unreachable")
 
     def _deployment(self) -> dict | None:
         from kubernetes.client.exceptions import ApiException
@@ -202,6 +251,10 @@ class Rollout:
         return (self.config.smoke_url or kserve_status.predictor_url(isvc)
                 or f"http://{self.name}-predictor.{self.namespace}.svc.cluster.local")
 
+    def _expect_version(self, isvc: dict, expected: str, url: str | None = None) -> smoke.SmokeResult:
+        return smoke.expect_version(url or self._smoke_url(isvc), expected, self.config.smoke_timeout,
+                                    call_timeout=self.config.smoke_call_timeout, key=self.key)
+
     # -- the steps -----------------------------------------------------------------------------------
     def _change(self, value: str | None, expected_version: str, canary: bool) -> RolloutResult:
         """Set the annotation to ``value`` (``None`` removes it); the pods must then answer ``expected_version``."""
@@ -212,6 +265,12 @@ class Rollout:
         revision = kserve_status.latest_revision(isvc)
         percent = self.config.canary_percent if canary and mode == "Knative" and 0 < self.config.canary_percent < 100 \
             else 100
+        if percent < 100 and not kserve_status.rolled_out_revision(isvc):
+            logger.info("No revision of %s/%s has been rolled out yet: KServe gives the new one all the traffic, "
+                        "no canary step", self.namespace, self.name)
+            percent = 100
+        if mode == "Knative" and not canary:
+            return self._knative_restore(isvc, result, value, expected_version, started)
         logger.info("Rolling %s/%s (%s mode) to %s=%s%s", self.namespace, self.name, mode, ANNOTATION, value,
                     f", canary {percent}%" if percent < 100 else "")
         try:
@@ -227,7 +286,7 @@ class Rollout:
             change["canaryTrafficPercent"] = percent if percent < 100 else None
         canary_set = ((isvc.get("spec") or {}).get("predictor") or {}).get("canaryTrafficPercent") is not None
         if previous != value or percent < 100 or (mode == "Knative" and canary_set):
-            self._patch(isvc, change)
+            self._patch_fresh(change)
         else:  # already so (e.g. restoring after a refused patch): only check it is Ready and answers
             revision = None
         if mode == "Knative":
@@ -241,7 +300,10 @@ class Rollout:
             problem = self._canary(expected_version, percent, result)
             if problem:
                 return self._finish(result, started, problem)
-        check = smoke.expect_version(self._smoke_url(self.read()), expected_version, self.config.smoke_timeout)
+        return self._final_smoke(result, expected_version, started)
+
+    def _final_smoke(self, result: RolloutResult, expected_version: str, started: float) -> RolloutResult:
+        check = self._expect_version(self.read(), expected_version)
         result.smoke.append(check)
         if not check.ok:
             return self._finish(result, started, f"smoke call: {check.detail}")
@@ -252,14 +314,23 @@ class Rollout:
         """Smoke the canary revision, then give it all the traffic; why not, if it failed."""
         isvc = self.read()
         tagged = kserve_status.canary_url(isvc)
-        check = (smoke.expect_version(tagged, expected_version, self.config.smoke_timeout) if tagged
-                 else smoke.expect_some(self._smoke_url(isvc), expected_version, CANARY_CALLS))
+        check = (self._expect_version(isvc, expected_version, tagged) if tagged
+                 else smoke.expect_some(self._smoke_url(isvc), expected_version, CANARY_CALLS, self.config.smoke_timeout,
+                                        call_timeout=self.config.smoke_call_timeout, key=self.key))
         result.smoke.append(check)
         if not check.ok:
             return f"canary smoke call: {check.detail}"
         logger.info("  canary at %d%% answers %s: giving it all the traffic", percent, expected_version)
-        revision = kserve_status.latest_revision(isvc)
-        self._patch(isvc, {"canaryTrafficPercent": None})
+        revision, value = kserve_status.latest_revision(isvc), result.version
+
+        def still_the_canary(current: dict) -> str | None:  # the smoke took minutes: is it still what was tested?
+            if kserve_status.latest_revision(current) != revision or kserve_status.pinned_version(current) != value:
+                return (f"the InferenceService changed during the canary step (revision "
+                        f"{kserve_status.latest_revision(current)}, {ANNOTATION}="
+                        f"{kserve_status.pinned_version(current)}): not promoting the canary {revision}")
+            return None
+
+        self._patch_fresh({"canaryTrafficPercent": None}, still_the_canary)
 
         def full_traffic() -> Progress:
             current = self.read()
@@ -270,6 +341,42 @@ class Rollout:
 
         progress = self._wait(full_traffic, "full traffic")
         return progress.failed
+
+    def _knative_restore(self, isvc: dict, result: RolloutResult, value: str | None, expected_version: str,
+                         started: float) -> RolloutResult:
+        """Knative rollback, never through the revision that failed: traffic back to the rolled-out
+        revision (``canaryTrafficPercent: 0``), the annotation back with the field still 0 (a new
+        revision with no traffic, waited for), then the field removed (100 % to that revision)."""
+        spec = (isvc.get("spec") or {}).get("predictor") or {}
+        canary_set = spec.get("canaryTrafficPercent") is not None
+        logger.info("Rolling %s/%s (Knative mode) back to %s=%s", self.namespace, self.name, ANNOTATION, value)
+        try:
+            if result.previous != value or canary_set:
+                if kserve_status.rolled_out_revision(isvc):
+                    self._patch_fresh({"canaryTrafficPercent": 0})
+                    logger.info("  all traffic back on the rolled-out revision %s (canaryTrafficPercent 0)",
+                                kserve_status.rolled_out_revision(isvc))
+                    if result.previous != value:
+                        failed = kserve_status.latest_revision(self.read())
+                        self._patch_fresh({"annotations": {ANNOTATION: value}, "canaryTrafficPercent": 0})
+                        progress = self._wait(lambda: kserve_status.knative_progress(self.read(), failed, 0),
+                                              "restored revision")
+                        if progress.failed:
+                            return self._finish(result, started, progress.failed)
+                    self._patch_fresh({"canaryTrafficPercent": None})
+                    progress = self._wait(lambda: kserve_status.knative_progress(self.read(), None, 100), "full traffic")
+                else:  # nothing was ever rolled out: there is no other revision to send the traffic to
+                    failed = kserve_status.latest_revision(isvc)
+                    self._patch_fresh({"annotations": {ANNOTATION: value}, "canaryTrafficPercent": None})
+                    progress = self._wait(lambda: kserve_status.knative_progress(self.read(), failed, 100),
+                                          "restored revision")
+            else:  # already so (e.g. the first patch was refused): only check it is Ready and answers
+                progress = self._wait(lambda: kserve_status.knative_progress(self.read(), None, 100), "revision")
+            if progress.failed:
+                return self._finish(result, started, progress.failed)
+            return self._final_smoke(result, expected_version, started)
+        except RolloutError as exc:
+            return self._finish(result, started, str(exc))
 
     @staticmethod
     def _finish(result: RolloutResult, started: float, detail: str) -> RolloutResult:

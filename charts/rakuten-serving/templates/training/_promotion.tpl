@@ -52,6 +52,9 @@ ServiceAccount, bound to the namespaced Role of templates/training/rbac.yaml).
   value: {{ $p.rollout.canaryPercent | int64 | quote }}
 - name: ROLLOUT_SMOKE_TIMEOUT_SECONDS
   value: {{ $p.rollout.smokeTimeoutSeconds | int64 | quote }}
+{{- /* one smoke call waits as long as the route does: a revision scaled to zero answers after its cold start */}}
+- name: ROLLOUT_SMOKE_CALL_TIMEOUT_SECONDS
+  value: {{ .Values.predictor.timeout | int64 | quote }}
 {{- if ne .Values.predictor.deploymentMode "Knative" }}
 - name: ROLLOUT_SMOKE_URL
   value: {{ printf "http://%s.%s.svc.cluster.local" (include "rakuten-serving.predictorServiceName" .) .Release.Namespace | quote }}
