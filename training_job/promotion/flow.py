@@ -226,7 +226,8 @@ def promote_after_training(train: TrainConfig, result) -> int:
     environment, the dataset, evaluation split and cache of the run. A refusal is a normal end of a
     training run (exit 0, recorded like any decision); a rolled-back rollout exits 4."""
     config = dataclasses.replace(from_environment(PromoteConfig), data_dir=str(train.data_dir),
-                                 eval_fraction=train.eval_fraction, cache_dir=train.cache_dir)
+                                 eval_fraction=train.eval_fraction, cache_dir=train.cache_dir,
+                                 tracking_timeout=train.tracking_timeout)
     outcome = promote(config, from_environment(RolloutConfig))
     write_termination_message(f"trained {result.version_uri}; {outcome.summary}")
     return EXIT_OK if outcome.exit_code == EXIT_REFUSED else outcome.exit_code
