@@ -26,6 +26,7 @@ from rakuten_common.bundle import MANIFEST_FILE, Manifest
 from rakuten_common.champion import CHAMPION_FILE
 from rakuten_common.processes import free_port, http_ok, wait_until
 from rakuten_common.storage import open_store
+from rakuten_common.tracking_server import DEFAULT_TRACKING_TIMEOUT, http_settings
 from tests.conftest import BUCKET, TRAIN_ARGS, run_module
 from tests.servers import REPO
 
@@ -159,11 +160,28 @@ def test_promotion_with_mlflow_unreachable_fails_within_the_setting(where, env, 
         done = run_module("training_job.promote", [], {**env, "MLFLOW_TRACKING_URI": url}, REPO, timeout=300)
         seconds = time.monotonic() - started
     print(f"\npromotion, MLflow {where}: exit {done.returncode} after {seconds:.1f} s "
-          "(TRACKING_TIMEOUT default 30 s; process start included)")
+          "(TRACKING_TIMEOUT default 30 s; process start and imports included)")
     assert done.returncode == 1
     line = one_error_line(done.stderr, done.stdout)
     assert "MLflow registry" in line and url in line
     assert not open_store(PREFIX).exists(CHAMPION_FILE)  # nothing moved
+
+
+@pytest.mark.parametrize("where", ["refused", "black hole"])
+def test_one_registry_call_is_bounded_by_the_setting(where, monkeypatch):
+    """The wait of the registry read a promotion starts with, measured alone, under the default setting."""
+    from training_job.training.registry import Registry, RegistryError
+
+    for name, value in http_settings(DEFAULT_TRACKING_TIMEOUT).items():
+        monkeypatch.setenv(name, value)
+    with BlackHole() as hole:
+        url = hole if where == "black hole" else f"http://127.0.0.1:{free_port()}"
+        started = time.monotonic()
+        with pytest.raises(RegistryError, match="MLflow registry, reading rakuten-classifier"):
+            Registry(client=MlflowClient(url)).aliases()
+        seconds = time.monotonic() - started
+    print(f"\none registry call, MLflow {where}: failed after {seconds:.1f} s "
+          f"(TRACKING_TIMEOUT default {DEFAULT_TRACKING_TIMEOUT} s; MLflow's own defaults: minutes)")
 
 
 def test_sigkill_at_each_publishing_step(tracker, env, tmp_path, s3_env, monkeypatch):
@@ -198,7 +216,8 @@ def test_sigkill_at_each_publishing_step(tracker, env, tmp_path, s3_env, monkeyp
     assert done.returncode == 0, done.stderr[-3000:]
     version = client.get_model_version(NAME, registered(client)["fk2"])
     assert version.tags["storage_uri"] == f"{PREFIX}/fk2" and float(version.tags["weighted_f1"]) > 0
-    assert version.source == f"runs:/{version.run_id}/model"  # its run had logged the model before the kill
+    assert version.source == f"{PREFIX}/fk2"  # killed before logging the model to its run: the bundle itself
+    assert client.get_run(version.run_id).data.tags["model_version"] == "fk2"
     assert client.get_registered_model(NAME).aliases["challenger"] == version.version
     assert newest(monkeypatch, tmp_path, tracker.url) == "fk2"
     again = run_module("training_job.register", ["fk2", "--model-uri", PREFIX], env, tmp_path)

@@ -133,13 +133,17 @@ class Registry:
         if not run_id:
             return storage_uri, None
         try:
-            if any(item.path == "model" for item in self.client.list_artifacts(run_id)):
-                return f"runs:/{run_id}/model", run_id
             self.client.get_run(run_id)
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise RegistryError(f"MLflow, reading run {run_id}: {error_line(exc)}") from None
             return storage_uri, None
+        try:
+            if any(item.path == "model" for item in self.client.list_artifacts(run_id)):
+                return f"runs:/{run_id}/model", run_id
+        except Exception as exc:  # noqa: BLE001 - the published bundle is the model either way
+            logger.info("the artifacts of run %s cannot be listed (%s): the published bundle is the source",
+                        run_id, error_line(exc))
         return storage_uri, run_id
 
     # -- writing ---------------------------------------------------------------------------------
