@@ -14,9 +14,11 @@ HTTP_PORT   ?= 8080
 # Demo training: small enough for a few minutes on 2 CPU cores.
 TRAIN_ARGS  ?= --image-size 64 --epochs 12 --batch-size 32
 PYTEST_ARGS ?=
-# upload-data: a local dataset in the raw layout -> DATA_URI (s3://bucket/prefix)
+# upload-data: a local dataset in the raw layout -> DATA_URI (s3://bucket/prefix);
+# UPLOAD_ARGS: extra arguments, e.g. --create-bucket (python -m training_job.upload_data --help)
 UPLOAD_SRC  ?= $(DATA_DIR)
 DATA_URI    ?= s3://rakuten-datasets/rakuten
+UPLOAD_ARGS ?=
 # batch-predict: the test split of DATA_DIR -> PREDICTIONS (a path or s3://bucket/key.csv)
 PREDICTIONS ?= results/predictions.csv
 TOP_K       ?= 1
@@ -30,7 +32,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # for an offline base image, shellcheck); helm and kubectl come from npm (scripts/install-tools.sh).
 SYSTEM_PACKAGES ?= prometheus docker.io debootstrap shellcheck unzip
 
-.PHONY: help venv system-deps sample-data train serve demo test clean upload-data batch-predict mlflow-ui \
+.PHONY: help venv system-deps sample-data train serve demo test test-fast lint clean upload-data batch-predict mlflow-ui \
         promote lifecycle-demo
 
 help: ## Show this help
@@ -51,10 +53,11 @@ system-deps: ## Install the Debian packages the full test suite uses (root, apt-
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES)
 
-sample-data: $(STAMP) ## Generate the sample dataset (real Rakuten layout) in DATA_DIR
-	@test -f $(DATA_DIR)/X_train_update.csv || $(PY) -m training_job.sample_data --out $(DATA_DIR) --rows $(SAMPLE_ROWS)
+# A DATA_DIR in S3 (s3://bucket/prefix) is trained from as it is: no sample is generated.
+sample-data: $(STAMP) ## Generate the sample dataset (real Rakuten layout) in DATA_DIR (nothing for an s3:// DATA_DIR)
+	$(if $(filter s3://%,$(DATA_DIR)),@echo "DATA_DIR=$(DATA_DIR) is in S3: no sample generated",@test -f $(DATA_DIR)/X_train_update.csv || $(PY) -m training_job.sample_data --out $(DATA_DIR) --rows $(SAMPLE_ROWS))
 
-train: sample-data ## Train on DATA_DIR and publish a new version to MODEL_URI
+train: sample-data ## Train on DATA_DIR (a folder or s3://bucket/prefix) and publish a new version to MODEL_URI
 	$(PY) -m training_job --data-dir $(DATA_DIR) --model-uri $(MODEL_URI) $(TRAIN_ARGS)
 
 serve: $(STAMP) ## Serve MODEL_URI's champion (else its newest version) on 127.0.0.1:HTTP_PORT (Ctrl-C stops)
@@ -70,8 +73,8 @@ lifecycle-demo: sample-data ## Train, promote, train a worse model (refused by t
 	$(PY) scripts/lifecycle_demo.py --data-dir $(DATA_DIR) --model-uri $(MODEL_URI) --train-args "$(TRAIN_ARGS)" \
 	  --http-port $(HTTP_PORT)
 
-upload-data: $(STAMP) ## Upload the dataset in UPLOAD_SRC (raw layout) to DATA_URI=s3://bucket/prefix, resumable
-	$(PY) -m training_job.upload_data $(UPLOAD_SRC) $(DATA_URI)
+upload-data: $(STAMP) ## Upload the dataset in UPLOAD_SRC (raw layout) to DATA_URI=s3://bucket/prefix, resumable (UPLOAD_ARGS=--create-bucket)
+	$(PY) -m training_job.upload_data $(UPLOAD_ARGS) $(UPLOAD_SRC) $(DATA_URI)
 
 batch-predict: $(STAMP) ## Classify DATA_DIR's test split with MODEL_URI into PREDICTIONS (CSV; TOP_K codes each)
 	$(PY) -m training_job.batch_predict --model-uri $(MODEL_URI) --data-dir $(DATA_DIR) --output $(PREDICTIONS) --top-k $(TOP_K)
@@ -79,8 +82,16 @@ batch-predict: $(STAMP) ## Classify DATA_DIR's test split with MODEL_URI into PR
 mlflow-ui: $(STAMP) ## Open MLflow's UI on the local runs (mlflow.db here) at http://127.0.0.1:MLFLOW_PORT
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
 
-test: $(STAMP) ## Run the whole test suite (installs what it needs)
+test: $(STAMP) ## Run the whole test suite and the static checks (installs what it needs)
+	@$(MAKE) --no-print-directory lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP) ## The fast tier: in-process tests only (no S3 server, training, server, helm, Docker); a minute or two
+	RAKUTEN_TEST_TIER=fast $(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
+
+lint: $(STAMP) ## Static checks: ruff (lint + import order) and mypy (pyproject.toml says which rules)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 clean: ## Remove generated data, models, MLflow runs and results (keeps .venv)
 	rm -rf data model-store mlflow.db mlruns.db mlruns mlartifacts results build

@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `benchmarks.serving`
 
-from benchmarks.serving.overload import main  # noqa: E402
+from benchmarks.serving.overload import main
 
 if __name__ == "__main__":
     sys.exit(main())

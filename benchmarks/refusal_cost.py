@@ -20,16 +20,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 
-import uvicorn  # noqa: E402
-from uvicorn.server import ServerState as UvicornState  # noqa: E402
+import uvicorn
+from uvicorn.server import ServerState as UvicornState
 
-from model_server import access  # noqa: E402
-from model_server.admission import Admission  # noqa: E402
-from model_server.auth import ApiKeys, RateLimiter  # noqa: E402
-from model_server.connections import protocol_class  # noqa: E402
-from model_server.request_gate import Gate, ServerState  # noqa: E402
-from model_server.settings import Settings  # noqa: E402
-from rakuten_common.logs import FORMAT  # noqa: E402
+from model_server import access
+from model_server.admission import Admission
+from model_server.auth import ApiKeys, RateLimiter
+from model_server.connections import protocol_class
+from model_server.request_gate import Gate, ServerState
+from model_server.settings import Settings
+from rakuten_common.logs import FORMAT
 
 BODY = b'{"inputs": []}'.ljust(12_000)
 REQUEST = (b"POST /v2/models/rakuten-classifier/infer HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"

@@ -9,9 +9,10 @@ Each simulated user mostly classifies one product per request, sometimes a small
 products in one request), and now and then reads the model metadata or the readiness probe.
 Products (French title, HTML description or none, 500x500 JPEG) are built and encoded once at
 start (``loadtests/products.py``); ``--shift`` replaces them by products unlike the training data
-(one family, English texts, grayscale or tiny images), for the drift gauges and alerts. Every answer is checked (status 200, outputs of shape
-[N, top_k], known codes, sorted probabilities); a wrong answer counts as a failure. At the end
-the run exits non-zero if the failure ratio or the inference p95/p99 exceed the thresholds
+(one family, English texts, grayscale or tiny images), for the drift gauges and alerts. Every
+answer is checked (status 200, outputs of shape [N, top_k], known codes, sorted probabilities); a
+wrong answer counts as a failure. At the end the run exits non-zero if the failure ratio or the inference
+p95/p99 exceed the thresholds
 (``loadtests/thresholds.py``). The custom options are listed in ``loadtests/locust.conf`` and
 docs/performance.md (Locust prints its --help before loading this file, so they are not there).
 """
@@ -27,8 +28,8 @@ from locust.runners import MasterRunner, WorkerRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, wherever locust runs from
 
-from loadtests import thresholds  # noqa: E402
-from loadtests.products import (  # noqa: E402
+from loadtests import thresholds
+from loadtests.products import (
     PAYLOADS,
     SHIFTS,
     RequestPool,
@@ -37,9 +38,9 @@ from loadtests.products import (  # noqa: E402
     parse_shifts,
     shifted_products,
 )
-from loadtests.profiles import SHAPES  # noqa: E402
-from loadtests.shapes import LoadProfile  # noqa: E402,F401 - Locust picks up the shape class
-from rakuten_common.bundle import MODEL_NAME  # noqa: E402
+from loadtests.profiles import SHAPES
+from loadtests.shapes import LoadProfile  # noqa: F401 - Locust picks up the shape class
+from rakuten_common.bundle import MODEL_NAME
 
 logger = logging.getLogger("loadtest")
 

@@ -161,7 +161,7 @@ class RequestPool:
 
     @classmethod
     def build(cls, products: list[Product], top_k: int = 1, payload: str = "base64",
-              batch_sizes: tuple[int, int] = (2, 8), batches: int = 32, seed: int = 0) -> "RequestPool":
+              batch_sizes: tuple[int, int] = (2, 8), batches: int = 32, seed: int = 0) -> RequestPool:
         pool = cls(top_k, payload, mean_image_bytes=sum(len(p.image) for p in products) / len(products))
         pool.singles = [encode([p], top_k, payload) for p in products]
         rng = np.random.default_rng(seed + 1)

@@ -26,7 +26,11 @@ DEPLOY_IMAGE_ARGS ?= $(if $(IMAGE_TAG),--set-string training.image.registry=$(RE
   --set-string training.image.tag=$(IMAGE_TAG) --set-string mlflow.image.registry=$(REGISTRY) \
   --set-string mlflow.image.tag=$(IMAGE_TAG) --set-string predictor.image.registry=$(REGISTRY) \
   --set-string predictor.image.tag=$(IMAGE_TAG))
-# Extra `helm upgrade` arguments for `make deploy`, e.g. DEPLOY_ARGS="--set training.cronjob.enabled=true"
+# Your chart values, kept across deploys: `make deploy` passes this file (when it exists) after
+# KIND_VALUES, so every deploy applies the same settings (training.data.uri, imageSize...). Edit
+# it, not DEPLOY_ARGS, for anything that must last; it is not in git (.gitignore).
+DEPLOY_VALUES ?= values-local.yaml
+# One-off `helm upgrade` arguments for `make deploy`, e.g. DEPLOY_ARGS="--set training.job.onUpgrade=true"
 DEPLOY_ARGS   ?=
 MONITORING_NAMESPACE ?= monitoring
 MONITORING_RELEASE   ?= kube-prometheus-stack
@@ -59,10 +63,24 @@ KNATIVE_KOURIER_URL ?= https://github.com/knative-extensions/net-kourier/release
 KEEP_CLUSTER  ?= 0
 SKIP_BUILD    ?= 0
 E2E_DIAG_DIR  ?= build/e2e-diagnostics
+# E2E_MODE=serverless: the same chain in KServe's Knative mode: Knative Serving + Kourier
+# installed with the add-ons (KNATIVE=1), the chart deployed with ci/knative-values.yaml over the
+# kind values, and only the cluster tests that apply to it (not the NodePort, HPA and Locust
+# ones, which address the Standard-mode Deployment). Sub-makes inherit E2E_MODE.
+E2E_MODE      ?= standard
+ifeq ($(E2E_MODE),serverless)
+KNATIVE        = 1
+MODE_VALUES   ?= $(CHART)/ci/knative-values.yaml
+E2E_PYTEST_ARGS ?= -k "not node_port and not hpa and not short_load and not test_lifecycle_kind"
+else ifneq ($(E2E_MODE),standard)
+$(error E2E_MODE must be standard or serverless, not '$(E2E_MODE)')
+endif
+# Chart values of the deployment mode, between KIND_VALUES and DEPLOY_VALUES.
+MODE_VALUES   ?=
 E2E_PYTEST_ARGS ?=
 TRAIN_TIMEOUT ?= 1800
 # What the cluster tests need to address the same cluster as these targets.
-E2E_ENV = CLUSTER_NAME='$(CLUSTER_NAME)' KUBE_CONTEXT='$(KUBE_CONTEXT)' NAMESPACE='$(NAMESPACE)' \
+E2E_ENV = E2E_MODE='$(E2E_MODE)' CLUSTER_NAME='$(CLUSTER_NAME)' KUBE_CONTEXT='$(KUBE_CONTEXT)' NAMESPACE='$(NAMESPACE)' \
           RELEASE='$(RELEASE)' MONITORING_NAMESPACE='$(MONITORING_NAMESPACE)' MODEL_URL='$(MODEL_URL)' \
           GRAFANA_URL='$(GRAFANA_URL)' KUBECTL='$(KUBECTL)'
 
@@ -70,11 +88,53 @@ E2E_ENV = CLUSTER_NAME='$(CLUSTER_NAME)' KUBE_CONTEXT='$(KUBE_CONTEXT)' NAMESPAC
 DATASET_SRC   ?=
 DATASET_URI   ?= s3://rakuten-datasets/rakuten
 MINIO_LOCAL_PORT ?= 19000
+# make fetch-predictions: the CSV of a batch run in the cluster's MinIO -> PREDICTIONS (Makefile);
+# PREDICTIONS_URI empty: the newest CSV under PREDICTIONS_PREFIX (`make batch-job` prints its own).
+PREDICTIONS_URI    ?=
+PREDICTIONS_PREFIX ?= s3://rakuten-datasets/predictions/
+BATCH_TIMEOUT ?= 3600
+
+# $(call minio_as_training,<what it does>,<command>): <command> with the training user's S3 keys
+# (Secret labelled rakuten-serving/s3-user=training) through a port-forward to the release's MinIO.
+define minio_as_training
+@svc="$$($(KUBECTL_CTX) -n $(NAMESPACE) get svc -l app.kubernetes.io/instance=$(RELEASE),app.kubernetes.io/component=minio \
+  -o jsonpath='{range .items[?(@.spec.ports[0].name=="api")]}{.metadata.name}{end}')"; \
+secret="$$($(KUBECTL_CTX) -n $(NAMESPACE) get secret -o name -l app.kubernetes.io/instance=$(RELEASE),rakuten-serving/s3-user=training)"; \
+test -n "$$svc" -a -n "$$secret" || { echo "no MinIO Service or training credentials of release $(RELEASE) in $(NAMESPACE)" >&2; exit 1; }; \
+key="$$($(KUBECTL_CTX) -n $(NAMESPACE) get "$$secret" -o jsonpath='{.data.AWS_ACCESS_KEY_ID}' | base64 -d)"; \
+password="$$($(KUBECTL_CTX) -n $(NAMESPACE) get "$$secret" -o jsonpath='{.data.AWS_SECRET_ACCESS_KEY}' | base64 -d)"; \
+$(KUBECTL_CTX) -n $(NAMESPACE) port-forward --address 127.0.0.1 "svc/$$svc" $(MINIO_LOCAL_PORT):9000 >/dev/null & pf=$$!; \
+trap 'kill $$pf 2>/dev/null' EXIT; sleep 3; \
+echo "$(1) through 127.0.0.1:$(MINIO_LOCAL_PORT) (svc/$$svc) as the training user"; \
+AWS_ENDPOINT_URL=http://127.0.0.1:$(MINIO_LOCAL_PORT) AWS_ACCESS_KEY_ID="$$key" AWS_SECRET_ACCESS_KEY="$$password" \
+  AWS_DEFAULT_REGION=us-east-1 $(2)
+endef
+
+# fetch-predictions: argv = URI (empty: the newest .csv under PREFIX), PREFIX, local file.
+define FETCH_PREDICTIONS_PY
+import sys
+from pathlib import Path
+import boto3
+uri, prefix, out = sys.argv[1:]
+s3 = boto3.client("s3")
+if not uri:
+    bucket, _, key_prefix = prefix.removeprefix("s3://").partition("/")
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key_prefix)
+    found = [o for page in pages for o in page.get("Contents", []) if o["Key"].endswith(".csv")]
+    if not found:
+        sys.exit(f"no CSV under {prefix}: run make batch-job first")
+    uri = f"s3://{bucket}/" + max(found, key=lambda o: o["LastModified"])["Key"]
+bucket, _, key = uri.removeprefix("s3://").partition("/")
+Path(out).parent.mkdir(parents=True, exist_ok=True)
+s3.download_file(bucket, key, out)
+print(f"{uri} -> {out} ({sum(1 for _ in open(out)) - 1} products)")
+endef
+export FETCH_PREDICTIONS_PY
 
 .PHONY: cluster-create cluster-delete cluster-addons addon-namespaces addon-cert-manager \
         addon-metrics-server addon-monitoring addon-kserve addon-keda addon-knative kind-load deploy \
-        cluster-up train-job call-model loadtest-cluster grafana cluster-diagnostics cluster-upload-data \
-        e2e e2e-test
+        cluster-up train-job batch-job fetch-predictions call-model loadtest-cluster grafana cluster-diagnostics \
+        cluster-upload-data e2e e2e-test
 
 cluster-create: ## Create the kind cluster CLUSTER_NAME (1 control plane + 2 workers); no-op if it exists
 	@command -v $(KIND) >/dev/null 2>&1 || { echo "kind not found (KIND=$(KIND)): see docs/kubernetes.md, Prerequisites" >&2; exit 1; }
@@ -168,12 +228,14 @@ kind-load: ## Load TRAINING_IMAGE and SERVER_IMAGE into the kind nodes (build th
 	done
 	$(KIND) load docker-image --name '$(CLUSTER_NAME)' '$(TRAINING_IMAGE)' '$(SERVER_IMAGE)'
 
-deploy: ## helm upgrade --install the chart into NAMESPACE with the kind scenario values (KIND_VALUES)
+deploy: ## helm upgrade --install the chart into NAMESPACE: KIND_VALUES, then your DEPLOY_VALUES file (kept across deploys); trains only at install
 	@test -f '$(CHART)/Chart.yaml' || { echo "no chart at $(CHART)" >&2; exit 1; }
 	@test -f '$(KIND_VALUES)' || { echo "no kind scenario values at $(KIND_VALUES)" >&2; exit 1; }
+	@echo "values: $(strip $(KIND_VALUES) $(MODE_VALUES)) $(if $(wildcard $(DEPLOY_VALUES)),+ $(DEPLOY_VALUES),(no $(DEPLOY_VALUES) yet: put your settings there to keep them))"
 	$(HELM_CTX) upgrade --install $(RELEASE) '$(CHART)' --namespace $(NAMESPACE) --create-namespace \
-	  -f '$(KIND_VALUES)' $(DEPLOY_IMAGE_ARGS) $(DEPLOY_ARGS) --timeout $(HELM_TIMEOUT)
-	@echo "deployed. Training: make train-job | model: make call-model ($(MODEL_URL)) | MLflow $(MLFLOW_URL) | MinIO $(MINIO_URL) | make grafana"
+	  -f '$(KIND_VALUES)' $(foreach f,$(MODE_VALUES),-f '$(f)') $(if $(wildcard $(DEPLOY_VALUES)),-f '$(DEPLOY_VALUES)') \
+	  $(DEPLOY_IMAGE_ARGS) $(DEPLOY_ARGS) --timeout $(HELM_TIMEOUT)
+	@echo "deployed. Retrain: make train-job | batch predictions: make batch-job | model: make call-model ($(MODEL_URL)) | MLflow $(MLFLOW_URL) | MinIO $(MINIO_URL) | make grafana"
 
 cluster-up: ## Everything up to a deployed chart: cluster-create, images (unless SKIP_BUILD=1), kind-load, cluster-addons, deploy
 	@$(MAKE) --no-print-directory cluster-create
@@ -202,7 +264,7 @@ train-job: ## Retrain now: a Job from the chart's training CronJob (suspended un
 	  sleep 10; \
 	done
 
-call-model: ## Classify one product through the kind NodePort (MODEL_URL) with the V2 client
+call-model: $(STAMP) ## Classify one product through the kind NodePort (MODEL_URL) with the V2 client
 	@image="$$(find '$(DATA_DIR)' -name '*.jpg' -print -quit 2>/dev/null)"; \
 	if [ -z "$$image" ]; then \
 	  image="$$(find '$(CALL_SAMPLE_DIR)' -name '*.jpg' -print -quit 2>/dev/null)"; \
@@ -226,24 +288,39 @@ grafana: ## Print the Grafana URL and admin credentials of the kind cluster
 	echo "Grafana:  $(GRAFANA_URL)   user: $$user   password: $$password"; \
 	echo "Dashboard: \"Rakuten product classifier (KServe)\". Prometheus: $(KUBECTL) --context $(KUBE_CONTEXT) -n $(MONITORING_NAMESPACE) port-forward --address 127.0.0.1 svc/prometheus-operated 9090"
 
-cluster-upload-data: ## Upload DATASET_SRC (raw Rakuten layout) to DATASET_URI in the kind cluster's MinIO (port-forward, the training user's key)
+cluster-upload-data: $(STAMP) ## Upload DATASET_SRC (raw Rakuten layout) to DATASET_URI in the kind cluster's MinIO (port-forward, the training user's key)
 	@test -n '$(DATASET_SRC)' || { echo "set DATASET_SRC=/path/to/the/dataset (X_train_update.csv, Y_train_CVw08PX.csv, images/...)" >&2; exit 1; }
-	@svc="$$($(KUBECTL_CTX) -n $(NAMESPACE) get svc -l app.kubernetes.io/instance=$(RELEASE),app.kubernetes.io/component=minio \
-	  -o jsonpath='{range .items[?(@.spec.ports[0].name=="api")]}{.metadata.name}{end}')"; \
-	secret="$$($(KUBECTL_CTX) -n $(NAMESPACE) get secret -o name -l app.kubernetes.io/instance=$(RELEASE),rakuten-serving/s3-user=training)"; \
-	test -n "$$svc" -a -n "$$secret" || { echo "no MinIO Service or training credentials of release $(RELEASE) in $(NAMESPACE)" >&2; exit 1; }; \
-	key="$$($(KUBECTL_CTX) -n $(NAMESPACE) get "$$secret" -o jsonpath='{.data.AWS_ACCESS_KEY_ID}' | base64 -d)"; \
-	password="$$($(KUBECTL_CTX) -n $(NAMESPACE) get "$$secret" -o jsonpath='{.data.AWS_SECRET_ACCESS_KEY}' | base64 -d)"; \
-	$(KUBECTL_CTX) -n $(NAMESPACE) port-forward --address 127.0.0.1 "svc/$$svc" $(MINIO_LOCAL_PORT):9000 >/dev/null & pf=$$!; \
-	trap 'kill $$pf 2>/dev/null' EXIT; sleep 3; \
-	echo "uploading $(DATASET_SRC) to $(DATASET_URI) through 127.0.0.1:$(MINIO_LOCAL_PORT) (svc/$$svc) as the training user"; \
-	AWS_ENDPOINT_URL=http://127.0.0.1:$(MINIO_LOCAL_PORT) AWS_ACCESS_KEY_ID="$$key" AWS_SECRET_ACCESS_KEY="$$password" \
-	  AWS_DEFAULT_REGION=us-east-1 $(PY) -m training_job.upload_data '$(DATASET_SRC)' '$(DATASET_URI)'
+	$(call minio_as_training,uploading $(DATASET_SRC) to $(DATASET_URI),$(PY) -m training_job.upload_data '$(DATASET_SRC)' '$(DATASET_URI)')
+
+batch-job: ## Batch predictions in the cluster with the current champion, no retraining: a Job from the chart's batch-predict CronJob, wait, where its CSV is
+	@cronjob="$$($(KUBECTL_CTX) -n $(NAMESPACE) get cronjobs -o name \
+	  -l app.kubernetes.io/instance=$(RELEASE),app.kubernetes.io/component=batch-predict | head -n 1)"; \
+	test -n "$$cronjob" || { echo "no batch-predict CronJob of release $(RELEASE) in $(NAMESPACE): the chart renders it once the test data is in S3 (training.data.uri or batchPredict.dataUri in $(DEPLOY_VALUES)), then make deploy" >&2; exit 1; }; \
+	job="batch-manual-$$(date +%Y%m%d-%H%M%S)"; \
+	echo "creating job/$$job from $$cronjob"; \
+	$(KUBECTL_CTX) -n $(NAMESPACE) create job "$$job" --from="$$cronjob" || exit 1; \
+	$(KUBECTL_CTX) -n $(NAMESPACE) wait --for=create pod -l job-name="$$job" --timeout=120s >/dev/null; \
+	$(KUBECTL_CTX) -n $(NAMESPACE) logs -f "job/$$job" -c batch-predict --pod-running-timeout=10m || true; \
+	deadline=$$((SECONDS + $(BATCH_TIMEOUT))); \
+	while :; do \
+	  state="$$($(KUBECTL_CTX) -n $(NAMESPACE) get job "$$job" -o jsonpath='{range .status.conditions[?(@.status=="True")]}{.type} {end}')"; \
+	  case "$$state" in \
+	    *Complete*) output="$$($(KUBECTL_CTX) -n $(NAMESPACE) get job "$$job" -o jsonpath='{.spec.template.spec.containers[0].args}' \
+	                  | tr ',' '\n' | sed -n 's/.*--output=\([^"]*\).*/\1/p' | sed "s|\$$(JOB_NAME)|$$job|")"; \
+	                echo "job/$$job complete: $$output. Fetch it: make fetch-predictions PREDICTIONS_URI=$$output"; exit 0 ;; \
+	    *Failed*) echo "job/$$job failed:" >&2; $(KUBECTL_CTX) -n $(NAMESPACE) logs "job/$$job" --all-containers --tail=40 >&2; exit 1 ;; \
+	  esac; \
+	  [ $$SECONDS -lt $$deadline ] || { echo "job/$$job not finished after $(BATCH_TIMEOUT) s" >&2; exit 1; }; \
+	  sleep 10; \
+	done
+
+fetch-predictions: $(STAMP) ## Download a batch run's CSV from the cluster's MinIO to PREDICTIONS (PREDICTIONS_URI, else the newest)
+	$(call minio_as_training,fetching $(or $(PREDICTIONS_URI),the newest CSV under $(PREDICTIONS_PREFIX)),$(PY) -c "$$FETCH_PREDICTIONS_PY" '$(PREDICTIONS_URI)' '$(PREDICTIONS_PREFIX)' '$(PREDICTIONS)')
 
 cluster-diagnostics: ## Dump what a failed run needs (get/describe/logs/events, helm, kind logs) into E2E_DIAG_DIR
 	@$(E2E_ENV) KIND='$(KIND)' HELM='$(HELM)' scripts/cluster-diagnostics.sh '$(E2E_DIAG_DIR)'
 
-e2e: ## Create the kind cluster, deploy everything, run the cluster tests (make e2e-test); KEEP_CLUSTER=1 keeps the cluster
+e2e: $(STAMP) ## Create the kind cluster, deploy everything, run the cluster tests (make e2e-test); E2E_MODE=serverless: Knative mode; KEEP_CLUSTER=1 keeps the cluster
 	@existed=0; $(KIND) get clusters 2>/dev/null | grep -qx '$(CLUSTER_NAME)' && existed=1; \
 	status=0; started=$$SECONDS; \
 	$(MAKE) --no-print-directory cluster-up && $(MAKE) --no-print-directory e2e-test || status=$$?; \
@@ -256,5 +333,5 @@ e2e: ## Create the kind cluster, deploy everything, run the cluster tests (make 
 	else $(MAKE) --no-print-directory cluster-delete; fi; \
 	exit $$status
 
-e2e-test: ## The cluster tests alone (pytest -m kind tests/e2e) against the running kind cluster
+e2e-test: $(STAMP) ## The cluster tests alone (pytest -m kind tests/e2e) against the running kind cluster
 	$(E2E_ENV) $(PY) -m pytest -m kind tests/e2e -p no:cacheprovider $(E2E_PYTEST_ARGS)

@@ -45,7 +45,7 @@ class Deadline:
     seconds: float
 
     @classmethod
-    def after(cls, seconds: float) -> "Deadline":
+    def after(cls, seconds: float) -> Deadline:
         return cls(time.monotonic() + seconds, seconds)
 
     def expired(self) -> bool:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -91,7 +91,7 @@ class AdaptiveBatcher:
                 return None
             try:
                 return await asyncio.wait_for(self._queue.get(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return None
 
     async def _collect(self) -> list[_Pending]:
@@ -121,7 +121,7 @@ class AdaptiveBatcher:
                 started = time.perf_counter()
                 result = await loop.run_in_executor(self._executor, self.infer, inputs)
                 seconds = time.perf_counter() - started
-            except Exception as exc:  # noqa: BLE001 - handed to exactly the callers of this call
+            except Exception as exc:
                 for p in batch:
                     if not p.future.done():
                         p.future.set_exception(exc)

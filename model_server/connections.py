@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -53,7 +54,7 @@ class Limits:
         self.header_timeout = header_timeout
         self.max_header_bytes = max_header_bytes
         self.max_headers = max_headers
-        self.idle: OrderedDict[int, "GuardedHttpToolsProtocol"] = OrderedDict()  # oldest first
+        self.idle: OrderedDict[int, GuardedHttpToolsProtocol] = OrderedDict()  # oldest first
         self.open = 0
         self.evicted = 0
         #: raw paths of GET requests answered at once, and the answerer: (path, headers) -> FastAnswer

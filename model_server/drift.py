@@ -27,9 +27,9 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from prometheus_client.core import REGISTRY, GaugeMetricFamily

@@ -127,7 +127,7 @@ class Servicer(InferenceServicer):
             code = grpc.StatusCode.CANCELLED
             self.server.admission.dropped("client_disconnected")
             raise
-        except Exception as exc:  # noqa: BLE001 - every error becomes a status
+        except Exception as exc:
             if isinstance(exc, aio.AbortError):
                 raise
             code = errors.grpc_status(exc)

@@ -16,14 +16,15 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from model_server.admission import Deadline, DeadlineExceeded
 
-Unit = Callable[[], None]
+Unit = Callable[[], object]
 
 
-class heavy:  # noqa: N801 - used as a marker: ``job.add([heavy(fn)])``
+class heavy:
     """A unit that takes long (a large image): limited to ``workers - 1`` threads at once."""
 
     __slots__ = ("fn",)
@@ -31,7 +32,7 @@ class heavy:  # noqa: N801 - used as a marker: ``job.add([heavy(fn)])``
     def __init__(self, fn: Unit):
         self.fn = fn
 
-    def __call__(self) -> None:
+    def __call__(self) -> object:
         return self.fn()
 
 
@@ -41,7 +42,7 @@ class Job:
     __slots__ = ("pool", "future", "deadline", "units", "queued", "pending", "cancelled", "error", "result",
                  "_loop")
 
-    def __init__(self, pool: "FairPool", loop: asyncio.AbstractEventLoop, deadline: Deadline):
+    def __init__(self, pool: FairPool, loop: asyncio.AbstractEventLoop, deadline: Deadline):
         self.pool, self._loop, self.deadline = pool, loop, deadline
         self.future: asyncio.Future = loop.create_future()
         self.units: deque[Unit] = deque()
@@ -68,7 +69,7 @@ class Job:
         if self.alive:
             try:
                 value = unit()
-            except BaseException as exc:  # noqa: BLE001 - handed to the request's coroutine
+            except BaseException as exc:
                 if self.error is None:
                     self.error = exc
             else:

@@ -10,6 +10,7 @@ tests compare it with training's loader).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 from kserve.protocol.infer_type import InferRequest
@@ -24,7 +25,7 @@ from model_server.codec import (
     request_from_json,
 )
 from model_server.drift import Observation
-from model_server.pool import Job, heavy
+from model_server.pool import Job, Unit, heavy
 from model_server.settings import RequestLimits
 from rakuten_common.preprocessing import (
     ImageError,
@@ -128,8 +129,9 @@ def prepare_units(job: Job, incoming: Incoming, limits: RequestLimits, num_class
     if n == 1 and costs[0] <= HEAVY_PIXELS:
         product(0)  # the common case: one unit of work for the whole request
     else:
-        job.add([heavy(lambda i=i: product(i)) if costs[i] > HEAVY_PIXELS else (lambda i=i: product(i))
-                 for i in range(n)])
+        units: list[Unit] = [heavy(partial(product, i)) if costs[i] > HEAVY_PIXELS else partial(product, i)
+                             for i in range(n)]
+        job.add(units)
     return Prepared(request, {"text": texts, "image": images}, products.top_k, request.id or incoming.request_id,
                     incoming.deadline, incoming.ticket, descriptions=products.descriptions, infos=infos)
 

@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import time
+from typing import Any
 
 import orjson
 from prometheus_client import REGISTRY, exposition
@@ -90,7 +91,7 @@ class Gate:
         self.model_ready_path = f"/v2/models/{name}/ready"
         self.probe_paths = frozenset({"/", "/v2/health/live", "/v2/health/ready", self.model_ready_path})
         self.metrics_here = settings.metrics_port == 0
-        self._requests = {}  # status -> counter child
+        self._requests: dict[int, Any] = {}  # status -> counter child
         self._name = name
 
     # -- entry -----------------------------------------------------------------------------------
@@ -130,7 +131,7 @@ class Gate:
                 await self.app(scope, receive, send_with_id)
         except _ClientLeft:
             status = CLIENT_CLOSED
-        except Exception:  # noqa: BLE001 - Starlette re-raises what its handlers answered (and logged)
+        except Exception:
             if status == 500 and not self._started(scope):
                 logger.exception("unhandled error id=%s", rid)
                 await _json(send_with_id, 500, {"error": "internal error; see the server log"})
@@ -150,7 +151,9 @@ class Gate:
         if path.endswith("/live"):
             return 200, {"live": True}
         reason = self.state.not_ready_reason()
-        body = {"name": self._name, "ready": reason is None} if path == self.model_ready_path else {"ready": reason is None}
+        body: dict[str, object] = {"ready": reason is None}
+        if path == self.model_ready_path:
+            body = {"name": self._name, **body}
         if reason is not None:
             body["error"] = reason
         return (200 if reason is None else 503), body
@@ -246,10 +249,10 @@ class Gate:
             status, body, close = _busy_answer(exc, length)
             return await _json(send, status, body, [(b"retry-after", str(exc.retry_after).encode()), *close])
         try:
-            body = await self._read_body(receive, send, ticket, length)
-            if body is None:
+            payload = await self._read_body(receive, send, ticket, length)
+            if payload is None:
                 return
-            scope[SCOPE_INCOMING] = Incoming(self._name, deadline, rid, ticket, body,
+            scope[SCOPE_INCOMING] = Incoming(self._name, deadline, rid, ticket, payload,
                                              _text(headers.get(b"inference-header-content-length")))
             await self._run_watched(scope, receive, send)
         finally:

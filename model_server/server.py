@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from typing import Any
 
 import uvicorn
 from kserve.model_repository import ModelRepository
@@ -62,7 +63,7 @@ class ModelServer:
         app = build_app(self.dataplane, self.admission, self.repository_extension, settings.enable_latency_logging)
         self.gate = Gate(app, settings, self.state, self.admission, self.keys, self.limiter)
         self._http: _Uvicorn | None = None
-        self._grpc = None
+        self._grpc: Any = None  # grpc.aio.Server once started
         self._stopping: asyncio.Task | None = None
 
     def _not_ready_reason(self) -> str | None:

@@ -278,11 +278,11 @@ def fetch(uri: str, cache_dir: Path, progress: ProgressFn = print, fallback: str
                                 + (" known to the MLflow registry" if os.environ.get("MLFLOW_TRACKING_URI", "").strip()
                                    else ""))
         failures = []
-        for version, manifest in candidates:
+        for version, found in candidates:
             try:
-                if isinstance(manifest, ArtifactError):
-                    raise manifest
-                bundle = _fetch_one(store, version, manifest, cache_dir, progress)
+                if isinstance(found, ArtifactError):
+                    raise found
+                bundle = _fetch_one(store, version, found, cache_dir, progress)
             except ArtifactError as exc:
                 failures.append(f"{version}: {exc}")
                 if fallback == "none":
@@ -292,7 +292,7 @@ def fetch(uri: str, cache_dir: Path, progress: ProgressFn = print, fallback: str
                 continue
             if failures:
                 logger.warning("serving version %s: the %d newer version(s) are unusable", version, len(failures))
-            return bundle, manifest
+            return bundle, found
         raise ArtifactError(f"no usable model version under {store.uri}: " + "; ".join(failures))
     except StorageError as exc:
         raise ArtifactError(str(exc)) from exc

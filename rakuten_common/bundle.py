@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,13 +56,13 @@ class Manifest:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> "Manifest":
+    def from_json(cls, text: str) -> Manifest:
         return cls(**json.loads(text))
 
 
 def new_version(now: datetime | None = None) -> str:
     """A sortable UTC timestamp version id, e.g. ``20261129T041502Z``."""
-    return (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    return (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class PreprocessingSpec:
     inputs: tuple[str, ...] = ("text", "image")
 
     @classmethod
-    def load(cls, bundle: Path) -> "PreprocessingSpec":
+    def load(cls, bundle: Path) -> PreprocessingSpec:
         data = json.loads((Path(bundle) / PREPROCESSING_FILE).read_text())
         return cls(data["image_size"], data["sequence_length"], tuple(data["inputs"]))
 

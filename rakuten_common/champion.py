@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import tempfile
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rakuten_common.bundle import MODEL_NAME, VERSION_PATTERN
@@ -43,7 +43,7 @@ class ChampionPointer:
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_pointer(text: bytes | str, where: str) -> ChampionPointer:

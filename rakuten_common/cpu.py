@@ -18,9 +18,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 logger = logging.getLogger("rakuten.cpu")
 
@@ -70,10 +70,10 @@ def cgroup_limit(root: Path = CGROUP_ROOT) -> float | None:
             return quota / period if quota > 0 and period > 0 else None
         return None
     for folder in (root / "cpu", root / "cpu,cpuacct", root):  # cgroup v1
-        quota, period = _read(folder / "cpu.cfs_quota_us"), _read(folder / "cpu.cfs_period_us")
-        if quota is not None and period is not None:
+        quota_text, period_text = _read(folder / "cpu.cfs_quota_us"), _read(folder / "cpu.cfs_period_us")
+        if quota_text is not None and period_text is not None:
             try:
-                q, p = int(quota), int(period)
+                q, p = int(quota_text), int(period_text)
             except ValueError:
                 return None
             return q / p if q > 0 and p > 0 else None

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from typing import Callable
+from collections.abc import Callable
 
 
 def load_object(text: str | bytes, limit: int, refuse: Callable[[str], Exception]) -> dict:

@@ -18,9 +18,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rakuten_common.env import parse_bool
 
@@ -42,7 +43,7 @@ def bounded(kind: type = int, minimum: float | None = None, maximum: float | Non
             raise argparse.ArgumentTypeError(f"{text!r} must be at most {maximum}")
         return value
 
-    convert.metavar = _METAVARS.get(kind, "VALUE")
+    convert.metavar = _METAVARS.get(kind, "VALUE")  # type: ignore[attr-defined]  # read by add_options
     return convert
 
 

@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -88,7 +88,7 @@ def is_blank(text: str | None) -> bool:
     return not isinstance(text, str) or not text.strip()
 
 
-def text_features(texts: Sequence[str], blank_descriptions: Sequence[bool], vocabulary: frozenset[str],
+def text_features(texts: Sequence[str] | np.ndarray, blank_descriptions: Sequence[bool], vocabulary: frozenset[str],
                   sequence_length: int) -> np.ndarray:
     """``(N, 3)``: token count, blank description, out-of-vocabulary share of the model's tokens."""
     rows = []
@@ -128,7 +128,7 @@ def image_features(infos: Sequence[ImageInfo], images: np.ndarray) -> np.ndarray
     return out
 
 
-def product_features(texts: Sequence[str], blank_descriptions: Sequence[bool], infos: Sequence[ImageInfo],
+def product_features(texts: Sequence[str] | np.ndarray, blank_descriptions: Sequence[bool], infos: Sequence[ImageInfo],
                      images: np.ndarray, vocabulary: frozenset[str], sequence_length: int) -> np.ndarray:
     """``(N, len(INPUT_FEATURES))`` feature values, columns in ``INPUT_FEATURE_NAMES`` order."""
     return np.hstack([text_features(texts, blank_descriptions, vocabulary, sequence_length),
@@ -149,7 +149,7 @@ def histogram(values: np.ndarray, edges: Sequence[float]) -> np.ndarray:
     return distribution(np.bincount(bins, minlength=len(edges) + 1))
 
 
-def psi(expected: np.ndarray, actual: np.ndarray, epsilon: float = PSI_EPSILON) -> float:
+def psi(expected: np.ndarray | Sequence[float], actual: np.ndarray, epsilon: float = PSI_EPSILON) -> float:
     """Population Stability Index, sum((a - e) * ln(a / e)), empty bins counted as ``epsilon``.
 
     Usual reading: < 0.1 no shift, 0.1-0.25 moderate, > 0.25 major.
@@ -208,7 +208,7 @@ class ReferenceProfile:
         }, indent=1) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> "ReferenceProfile":
+    def from_json(cls, text: str) -> ReferenceProfile:
         """Parse and validate (the file comes from storage: every field is checked)."""
         try:
             data = json.loads(text)
@@ -240,7 +240,7 @@ class ReferenceProfile:
         Path(path).write_text(self.to_json())
 
     @classmethod
-    def load(cls, path: Path) -> "ReferenceProfile":
+    def load(cls, path: Path) -> ReferenceProfile:
         path = Path(path)
         size = path.stat().st_size
         if size > MAX_PROFILE_BYTES:
@@ -248,7 +248,7 @@ class ReferenceProfile:
         return cls.from_json(path.read_text(encoding="utf-8"))
 
 
-def build_profile(features: np.ndarray, probabilities: np.ndarray, train_codes: Sequence[int],
+def build_profile(features: np.ndarray, probabilities: np.ndarray, train_codes: Sequence[int] | np.ndarray,
                   prdtypecodes: Sequence[int]) -> ReferenceProfile:
     """The reference profile of a model version.
 

@@ -20,9 +20,10 @@ import random
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from rakuten_common.env import env_bool
 from rakuten_common.errors import StorageError

@@ -15,8 +15,8 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from rakuten_common.logs import configure_logging
 from rakuten_common.options import HelpFormatter, add_options, from_args, option
@@ -76,7 +76,7 @@ class Check:
     def ready(self) -> bool:
         try:
             problem = self.problem(self.target)
-        except Exception as exc:  # noqa: BLE001 - any failure means "not yet"; logged with its reason
+        except Exception as exc:
             problem = f"{type(exc).__name__}: {exc}"
         if problem is not None:
             logger.info("waiting for %s: %s", self.what, problem)

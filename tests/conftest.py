@@ -1,49 +1,56 @@
 """Session fixtures chained like the product: sample data -> S3 API server -> training job
--> published model -> model server process. All real processes on 127.0.0.1."""
+-> published model -> model server process. All real processes on 127.0.0.1.
+
+Helpers live in ``tests/support``; a fixture that starts something slow says so with
+``@starts(kind)`` and its tests get that marker (``tests/support/tiers.py``)."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 # KServe parses sys.argv when it is first imported: pytest's own flags (-m, -k ...) must not reach it.
 _argv, sys.argv = sys.argv, sys.argv[:1]
-import kserve  # noqa: E402,F401
+import kserve  # noqa: F401
 
 sys.argv = _argv
 
-from tests.servers import REPO, start_model_server, start_s3_server
+from tests.support import tiers
+from tests.support.commands import SAMPLE_ROWS, Published, run_module, run_training
+from tests.support.s3 import BUCKET, DATASETS_BUCKET, S3
+from tests.support.servers import REPO, start_model_server, start_s3_server
+from tests.support.tiers import starts
 from training_job import sample_data
+
+pytest_plugins = ["tests.support.helm"]
 
 # Child processes (training job, model server, Locust) run this checkout's code, whichever
 # checkout the editable install points at (worktrees, CI clones).
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 
-BUCKET = "rakuten-models"
-DATASETS_BUCKET = "rakuten-datasets"
-# Small but real: ~1,600 products, 64 px images, enough epochs to learn both modalities.
-SAMPLE_ROWS = 1600
-TRAIN_ARGS = ["--image-size", "64", "--epochs", "10", "--max-tokens", "5000", "--batch-size", "32"]
+_guard = tiers.FastTierGuard() if tiers.FAST_TIER else None
 
 
-@dataclass
-class S3:
-    url: str
-    env: dict[str, str]
+def pytest_collection_modifyitems(config, items):
+    """Each test gets the markers of the slow things its fixtures start, and ``e2e`` with any of them."""
+    for item in items:
+        for kind in tiers.markers_for(getattr(item, "fixturenames", [])):
+            item.add_marker(kind)
+        if any(item.get_closest_marker(kind) for kind in tiers.SLOW_KINDS):
+            item.add_marker("e2e")
 
 
-@dataclass
-class Published:
-    uri: str
-    stdout: str
-    stderr: str
-    data_dir: Path
-    tracking_uri: str
-    data_uri: str
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    if _guard is not None:
+        _guard.current = item.nodeid
+    try:
+        return (yield)
+    finally:
+        if _guard is not None:
+            _guard.current = None
 
 
 @pytest.fixture(scope="session")
@@ -59,18 +66,21 @@ def sample_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+@starts("s3")
 def s3(artifacts_dir) -> S3:
     server, url = start_s3_server(artifacts_dir / "moto_server.log")
-    env = {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1"}
-    import boto3
-
-    client = boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
-                          aws_secret_access_key="testing")
+    s3 = S3.at(url)
+    client = s3.client()
     for bucket in (BUCKET, DATASETS_BUCKET):
         client.create_bucket(Bucket=bucket)
-    yield S3(url, env)
+    yield s3
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_client(s3):
+    """The one boto3 client of the S3 test server."""
+    return s3.client()
 
 
 @pytest.fixture
@@ -81,35 +91,18 @@ def s3_env(s3, monkeypatch) -> S3:
     return s3
 
 
-def run_module(module: str, args: list[str], env: dict[str, str], workdir: Path,
-               timeout: float = 600) -> subprocess.CompletedProcess:
-    """``python -m <module> <args>`` as a container runs it (the S3 settings in ``env``)."""
-    return subprocess.run([sys.executable, "-m", module, *args],
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **env},
-                          cwd=workdir, capture_output=True, text=True, timeout=timeout)
-
-
-def run_training(data_dir: Path | str, model_uri: str, env: dict[str, str], workdir: Path,
-                 extra: list[str] | None = None) -> subprocess.CompletedProcess:
-    """The training job's real entrypoint, as the container runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "training_job", "--data-dir", str(data_dir), "--model-uri", model_uri,
-         "--cache-dir", str(workdir / "cache"), *TRAIN_ARGS, *(extra or [])],
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
-             "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}", **env},
-        cwd=workdir, capture_output=True, text=True, timeout=1200)
-
-
 @pytest.fixture(scope="session")
+@starts("process")
 def dataset_uri(sample_dir, s3, tmp_path_factory) -> str:
     """The sample dataset uploaded to the S3 API server with the real upload command."""
     uri = f"s3://{DATASETS_BUCKET}/sample"
-    done = run_module("training_job.upload_data", [str(sample_dir), uri], s3.env, tmp_path_factory.mktemp("upload"))
+    done = run_module("training_job.upload_data", str(sample_dir), uri, env=s3.env, cwd=tmp_path_factory.mktemp("upload"))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return uri
 
 
 @pytest.fixture(scope="session")
+@starts("training")
 def published(sample_dir, dataset_uri, s3, tmp_path_factory) -> Published:
     """A model trained by the training job on the dataset in S3 and published to s3://."""
     workdir = tmp_path_factory.mktemp("train")
@@ -120,6 +113,7 @@ def published(sample_dir, dataset_uri, s3, tmp_path_factory) -> Published:
 
 
 @pytest.fixture(scope="session")
+@starts("server")
 def server_url(published, s3, artifacts_dir, tmp_path_factory) -> str:
     """Base URL of a model server process that loaded ``published`` from S3."""
     cache = tmp_path_factory.mktemp("model-cache")
@@ -130,6 +124,7 @@ def server_url(published, s3, artifacts_dir, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+@starts("server")
 def limited_server_url(published, s3, artifacts_dir, tmp_path_factory) -> str:
     """A second server with small limits, to exercise every refusal cheaply."""
     cache = tmp_path_factory.mktemp("model-cache-limited")

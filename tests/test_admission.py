@@ -37,7 +37,7 @@ from model_server.request_gate import Gate, ServerState
 from model_server.settings import Settings
 from rakuten_common.processes import wait_until
 from rakuten_common.v2_client import Product, infer_request, infer_url, post
-from tests.servers import start_model_server
+from tests.support.servers import start_model_server
 
 JSON = {"Content-Type": "application/json"}
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 
-import boto3
 import pytest
 
 from rakuten_common.artifacts import (
@@ -15,7 +14,7 @@ from rakuten_common.artifacts import (
 )
 from rakuten_common.bundle import MANIFEST_FILE, Manifest
 from rakuten_common.storage import LocalStore, StorageError, open_store
-from tests.conftest import BUCKET
+from tests.support.s3 import BUCKET
 
 
 @pytest.fixture
@@ -101,10 +100,10 @@ def test_a_failed_publish_may_be_retried_under_the_same_version(bundle, model_ur
         publish(bundle, model_uri, manifest("v2"), progress=lambda _: None)
 
 
-def test_a_tampered_file_fails_verification(bundle, s3_env, tmp_path):
+def test_a_tampered_file_fails_verification(bundle, s3_env, s3_client, tmp_path):
     uri = f"s3://{BUCKET}/tamper-{tmp_path.name}"
     publish(bundle, uri, manifest("v1"), progress=lambda _: None)
-    s3 = boto3.client("s3")
+    s3 = s3_client
     s3.put_object(Bucket=BUCKET, Key=f"tamper-{tmp_path.name}/v1/model.keras", Body=b"evil")
     with pytest.raises(ArtifactError, match="model.keras.*sha256"):
         fetch(uri, tmp_path / "cache", progress=lambda _: None)
@@ -129,10 +128,10 @@ def test_manifest_is_written_last(bundle, tmp_path, monkeypatch):
     assert store.keys[-1] == f"v1/{MANIFEST_FILE}" and len(store.keys) == 3
 
 
-def test_manifest_lists_a_checksum_per_file(bundle, s3_env, tmp_path):
+def test_manifest_lists_a_checksum_per_file(bundle, s3_env, s3_client, tmp_path):
     prefix = f"sums-{tmp_path.name}"
     publish(bundle, f"s3://{BUCKET}/{prefix}", manifest("v1"), progress=lambda _: None)
-    body = json.loads(boto3.client("s3").get_object(Bucket=BUCKET, Key=f"{prefix}/v1/{MANIFEST_FILE}")["Body"].read())
+    body = json.loads(s3_client.get_object(Bucket=BUCKET, Key=f"{prefix}/v1/{MANIFEST_FILE}")["Body"].read())
     assert {name: len(entry["sha256"]) for name, entry in body["files"].items()} == {
         "model.keras": 64, "labels.json": 64}
 
@@ -216,9 +215,9 @@ def test_a_checksum_mismatch_in_the_newest_version_falls_back(tmp_path):
         fetch(str(root), tmp_path / "cache", progress=lambda _: None, fallback="none")
 
 
-def test_names_from_s3_never_escape_the_cache(s3_env, tmp_path):
+def test_names_from_s3_never_escape_the_cache(s3_env, s3_client, tmp_path):
     """A manifest whose version is ``../victim`` and a file key ``../escape.txt``: nothing written outside."""
-    s3 = boto3.client("s3")
+    s3 = s3_client
     prefix = f"evil-{tmp_path.name}"
     victim = tmp_path / "victim"
     victim.mkdir()

@@ -19,8 +19,8 @@ from PIL import Image
 from model_server.auth import ApiKeys, RateLimiter, credential
 from rakuten_common.processes import free_port
 from rakuten_common.v2_client import Product, infer_request, infer_url, post
-from tests.helm import by_kind, one, render, tools  # noqa: F401 - tools is a fixture
-from tests.servers import start_model_server
+from tests.support.helm import by_kind, one, render
+from tests.support.servers import start_model_server
 
 pytestmark = pytest.mark.e2e
 KEY, OTHER = "k-" + "a" * 30, "k-" + "b" * 30
@@ -127,7 +127,7 @@ def test_key_comparison_and_rate_limiter_in_isolation(tmp_path):
     assert [limiter.acquire("a") for _ in range(3)] == [0, 0, 1] and limiter.acquire("b") == 0
 
 
-def test_chart_turns_keys_on_with_a_generated_secret_and_keeps_metrics_for_prometheus(tools):  # noqa: F811
+def test_chart_turns_keys_on_with_a_generated_secret_and_keeps_metrics_for_prometheus(tools):
     objects = render(tools, sets=["predictor.apiKeys.enabled=true", "predictor.apiKeys.rateLimitRps=50"])
     secret = next(o for o in by_kind(objects, "Secret") if o["metadata"]["name"].endswith("-api-keys"))
     assert len(base64.b64decode(secret["data"]["api-keys"]).strip()) == 40

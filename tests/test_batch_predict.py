@@ -5,25 +5,24 @@ from __future__ import annotations
 import csv
 import io
 
-import boto3
 import pytest
 
 from rakuten_common.data_layout import TEST
 from rakuten_common.labels import PRDTYPECODES
-from tests.conftest import BUCKET, run_module
+from tests.support.commands import run_module
+from tests.support.s3 import BUCKET
 
 pytestmark = pytest.mark.e2e
 
 
-def test_batch_predictions_of_the_test_split(published, s3, tmp_path):
+def test_batch_predictions_of_the_test_split(published, s3, s3_client, tmp_path):
     output = f"s3://{BUCKET}/predictions/{tmp_path.name}.csv"
     done = run_module("training_job.batch_predict",
-                      ["--model-uri", published.uri, "--data-dir", published.data_uri, "--output", output,
-                       "--top-k", "3", "--cache-dir", str(tmp_path / "cache")], s3.env, tmp_path)
+                      "--model-uri", published.uri, "--data-dir", published.data_uri, "--output", output,
+                      "--top-k", "3", "--cache-dir", str(tmp_path / "cache"), env=s3.env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "products/s" in done.stdout
-    body = boto3.client("s3", endpoint_url=s3.url, region_name="us-east-1", aws_access_key_id="testing",
-                        aws_secret_access_key="testing").get_object(
+    body = s3_client.get_object(
         Bucket=BUCKET, Key=f"predictions/{tmp_path.name}.csv")["Body"].read().decode()
     rows = list(csv.DictReader(io.StringIO(body)))
     with open(published.data_dir / TEST.features_csv, encoding="utf-8") as f:
@@ -51,9 +50,8 @@ def test_products_without_a_usable_image_are_reported_and_left_out(published, s3
         content = b"not a picture" if i == 1 else (published.data_dir / TEST.image_dir / name).read_bytes()
         (data / TEST.image_dir / name).write_bytes(content)
     out = tmp_path / "preds.csv"
-    done = run_module("training_job.batch_predict", ["--model-uri", published.uri, "--data-dir", str(data),
-                                                     "--output", str(out), "--cache-dir", str(tmp_path / "c")],
-                      s3.env, tmp_path)
+    done = run_module("training_job.batch_predict", "--model-uri", published.uri, "--data-dir", str(data),
+                      "--output", str(out), "--cache-dir", str(tmp_path / "c"), env=s3.env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"1 products have no image file and are left out (productids {listed[0]['productid']})" in done.stderr
     assert f"1 products have an unreadable image and are left out (first: productid {listed[1]['productid']}" \

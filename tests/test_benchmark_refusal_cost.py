@@ -5,9 +5,12 @@ import re
 import subprocess
 import sys
 
-from tests.servers import REPO
+import pytest
+
+from tests.support.servers import REPO
 
 
+@pytest.mark.process
 def test_the_refusal_cost_benchmark_refuses_every_request_and_prints_three_figures():
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "refusal_cost.py"), "--refusals", "300"],
                           capture_output=True, text=True, timeout=120, cwd=REPO)

@@ -13,20 +13,18 @@ import kubernetes.client
 import pytest
 import yaml
 
-from tests.cluster_files import recipe
-from tests.helm import (  # noqa: F401
+from tests.support.cluster_files import recipe
+from tests.support.helm import (
     CHART,
     SCENARIO_IDS,
     by_kind,
     one,
     render,
-    rendered,
     run,
     server_container,
     template_args,
-    tools,
 )
-from tests.servers import REPO
+from tests.support.servers import REPO
 
 pytestmark = pytest.mark.helm
 

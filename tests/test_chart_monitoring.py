@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from rakuten_common.v2_client import Product, infer_request, infer_url, post
-from tests.helm import (  # noqa: F401
+from tests.support.helm import (
     CHART,
     NAMESPACE,
     SCENARIO_IDS,
@@ -21,11 +21,9 @@ from tests.helm import (  # noqa: F401
     one,
     pod_views,
     predictor_pod_labels,
-    rendered,
     server_container,
-    tools,
 )
-from tests.servers import REPO
+from tests.support.servers import REPO
 
 pytestmark = pytest.mark.helm
 

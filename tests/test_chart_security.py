@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helm import (  # noqa: F401
+from tests.support.helm import (
     SCENARIO_IDS,
     by_kind,
     container,
@@ -13,11 +13,9 @@ from tests.helm import (  # noqa: F401
     matches,
     pod_views,
     render,
-    rendered,
-    tools,
     views_by_component,
 )
-from tests.netpol import Endpoint, address, allowed, pod
+from tests.support.netpol import Endpoint, address, allowed, pod
 
 pytestmark = pytest.mark.helm
 

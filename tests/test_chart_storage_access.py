@@ -14,7 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from rakuten_common.processes import ServerProcess, free_port
-from tests.helm import (  # noqa: F401
+from tests.support.helm import (
     SCENARIO_IDS,
     by_kind,
     container,
@@ -23,9 +23,7 @@ from tests.helm import (  # noqa: F401
     one,
     pod_views,
     render,
-    rendered,
     secret_refs,
-    tools,
     views_by_component,
     volume_secrets,
 )
@@ -71,7 +69,8 @@ def test_each_component_reads_its_own_user(rendered, scenario):
         user = base64.b64decode(secrets[name]["data"]["AWS_ACCESS_KEY_ID"]).decode()
         assert user == f"rakuten-serving-{expected[component]}"
     isvc = one(objects, "InferenceService")
-    sa = next(o for o in by_kind(objects, "ServiceAccount") if o["metadata"]["name"] == isvc["spec"]["predictor"]["serviceAccountName"])
+    account = isvc["spec"]["predictor"]["serviceAccountName"]
+    sa = next(o for o in by_kind(objects, "ServiceAccount") if o["metadata"]["name"] == account)
     assert sa["secrets"][0]["name"].endswith("-s3-predictor")
 
 

@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from tests.helm import (
+from tests.support.helm import (
     CHART,
     NAMESPACE,
     SCENARIO_IDS,
@@ -21,7 +21,7 @@ from tests.helm import (
     env_of,
     flag,
     make_variables,
-    one,  # noqa: F401
+    one,
     pod_views,
     render,
     run,
@@ -29,7 +29,7 @@ from tests.helm import (
     template_args,
     views_by_component,
 )
-from tests.servers import REPO
+from tests.support.servers import REPO
 
 pytestmark = pytest.mark.helm
 
@@ -67,7 +67,7 @@ def test_training_publishes_where_kserve_reads(rendered, scenario):
     storage_uri, _, pin = flag(server["args"], "model_uri").rpartition("/")
     assert re.fullmatch(r"s3://[a-z0-9.-]+/[^/].*[^/]", storage_uri), storage_uri
     assert "STORAGE_URI" not in env_of(server)  # no storage initializer copying the whole prefix
-    assert pin == ("" if scenario == "knative" else "$(MODEL_VERSION_PIN)")
+    assert pin == "$(MODEL_VERSION_PIN)"  # both modes (issue 17, item 4: Knative revisions pinned too)
 
     trainings = views_by_component(objects)["training"]
     assert trainings, "no training Job/CronJob"
@@ -235,7 +235,8 @@ def test_batch_predict_job_runs_the_module_with_the_training_user(tools):
                if (e.get("valueFrom") or {}).get("secretKeyRef")}
     assert secrets == {"rakuten-rakuten-serving-s3-training"}
     assert downward_api_env(main)["CPU_LIMIT"] == "2"
-    assert job["metadata"]["labels"]["app.kubernetes.io/component"] == "training"  # same NetworkPolicy
+    # its own component: the training pods' egress policy, not their rollout one (issue 17, item 9)
+    assert job["metadata"]["labels"]["app.kubernetes.io/component"] == "batch-predict"
 
 
 def test_batch_predict_needs_data_in_s3(tools):

@@ -12,7 +12,7 @@ import pytest
 
 from rakuten_common import cpu
 from rakuten_common.cpu import CpuBudget, cgroup_limit, cpu_budget, parse_quantity
-from tests.servers import REPO
+from tests.support.servers import REPO
 
 
 @pytest.fixture
@@ -108,6 +108,7 @@ def thread_counts(which: str, env: dict[str, str], *args: str) -> list[int]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("which", ["server", "training"])
 def test_entrypoints_size_their_threads_from_the_limit_and_flags_override(which):
     """As the chart runs them: CPU_LIMIT from the downward API (limits.cpu). This machine has
@@ -123,16 +124,19 @@ def test_entrypoints_size_their_threads_from_the_limit_and_flags_override(which)
                              "--tf-intra-op-threads=3") == [1, 3, 4]
 
 
+@pytest.mark.process
 def test_configure_tensorflow_sets_both_pools_before_any_op():
     code = ("from rakuten_common.cpu import configure_tensorflow; import tensorflow as tf;"
             "configure_tensorflow(3, 2);"
-            "print(tf.config.threading.get_intra_op_parallelism_threads(), tf.config.threading.get_inter_op_parallelism_threads())")
+            "threads = tf.config.threading;"
+            "print(threads.get_intra_op_parallelism_threads(), threads.get_inter_op_parallelism_threads())")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=180,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-2:] == ["3", "2"]
 
 
+@pytest.mark.process
 def test_help_names_the_limit_as_the_default():
     done = subprocess.run([sys.executable, "-m", "model_server", "--help"], cwd=REPO, capture_output=True, text=True,
                           timeout=60, env={**os.environ, "CPU_LIMIT": "1"})

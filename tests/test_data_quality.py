@@ -7,7 +7,6 @@ import csv
 import json
 from pathlib import Path
 
-import boto3
 import mlflow
 import pytest
 
@@ -15,7 +14,8 @@ from rakuten_common.bundle import PROFILE_FILE
 from rakuten_common.data_layout import TRAIN
 from rakuten_common.labels import PRDTYPECODES
 from rakuten_common.profile import INPUT_FEATURE_NAMES, ReferenceProfile
-from tests.conftest import BUCKET, run_training
+from tests.support.commands import run_training
+from tests.support.s3 import BUCKET
 from training_job import sample_data
 from training_job.config import QualityConfig
 from training_job.data import image_cache
@@ -89,6 +89,7 @@ def test_every_rule_names_its_limit(small_dataset):
         assert flag in violations, violations
 
 
+@pytest.mark.training
 def test_a_broken_dataset_fails_the_job_before_training(small_dataset, tmp_path):
     data = load_dataset(small_dataset)
     truncate_images(data, 30)  # about 9 % of the images
@@ -110,6 +111,7 @@ def test_a_broken_dataset_fails_the_job_before_training(small_dataset, tmp_path)
     assert len(json.loads(Path(report).read_text())["violations"]) == 2
 
 
+@pytest.mark.training
 def test_a_few_unreadable_images_are_left_out_and_training_goes_on(small_dataset, tmp_path):
     left_out = truncate_images(load_dataset(small_dataset), 2)
     store = tmp_path / "store"
@@ -120,9 +122,7 @@ def test_a_few_unreadable_images_are_left_out_and_training_goes_on(small_dataset
     assert (version / PROFILE_FILE).is_file()
 
 
-def test_the_published_bundle_holds_its_profile_and_mlflow_the_report(published, s3):
-    s3_client = boto3.client("s3", endpoint_url=s3.url, region_name="us-east-1",
-                             aws_access_key_id="testing", aws_secret_access_key="testing")
+def test_the_published_bundle_holds_its_profile_and_mlflow_the_report(published, s3_client):
     prefix = published.uri.removeprefix(f"s3://{BUCKET}/")
     keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]]
     (manifest_key,) = [k for k in keys if k.endswith("/manifest.json")]

@@ -2,12 +2,12 @@
 both resumable, and clear one-line errors. Against the real S3 API server (moto_server)."""
 from __future__ import annotations
 
-import boto3
 import pytest
 
 from rakuten_common.data_layout import TRAIN
 from rakuten_common.storage import StorageError
-from tests.conftest import DATASETS_BUCKET, run_module, run_training
+from tests.support.commands import run_module, run_training
+from tests.support.s3 import DATASETS_BUCKET
 from training_job import sample_data
 from training_job.data.dataset import DatasetError, load_dataset
 from training_job.data.source import local_dataset
@@ -16,8 +16,8 @@ from training_job.upload_data import upload_dataset
 pytestmark = pytest.mark.e2e
 
 
-def objects(prefix: str) -> dict[str, int]:
-    listing = boto3.client("s3").list_objects_v2(Bucket=DATASETS_BUCKET, Prefix=prefix + "/")
+def objects(client, prefix: str) -> dict[str, int]:
+    listing = client.list_objects_v2(Bucket=DATASETS_BUCKET, Prefix=prefix + "/")
     return {o["Key"][len(prefix) + 1:]: o["Size"] for o in listing.get("Contents", [])}
 
 
@@ -26,22 +26,22 @@ def small_dataset(tmp_path):
     return sample_data.generate(tmp_path / "small", rows=60, test_rows=5, seed=1, image_size=80)
 
 
-def test_upload_copies_the_raw_layout_then_resumes(small_dataset, s3_env, tmp_path):
+def test_upload_copies_the_raw_layout_then_resumes(small_dataset, s3_env, s3_client, tmp_path):
     prefix = f"up-{tmp_path.name}"
     uri = f"s3://{DATASETS_BUCKET}/{prefix}"
     upload_dataset(small_dataset, uri, workers=4)
-    stored = objects(prefix)
+    stored = objects(s3_client, prefix)
     local = {p.relative_to(small_dataset).as_posix(): p.stat().st_size for p in small_dataset.rglob("*") if p.is_file()}
     assert stored == local  # CSVs, image_train and image_test, same names and sizes
     # an interrupted upload: one image and one CSV never made it
-    client = boto3.client("s3")
+    client = s3_client
     lost = sorted(k for k in stored if k.startswith(TRAIN.image_dir))[3]
     for key in (lost, TRAIN.labels_csv):
         client.delete_object(Bucket=DATASETS_BUCKET, Key=f"{prefix}/{key}")
-    done = run_module("training_job.upload_data", [str(small_dataset), uri], s3_env.env, tmp_path)
+    done = run_module("training_job.upload_data", str(small_dataset), uri, env=s3_env.env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "images: 1 files" in done.stdout and "CSV files: 1 files" in done.stdout, done.stdout
-    assert objects(prefix) == local
+    assert objects(s3_client, prefix) == local
 
 
 def test_training_copy_of_an_s3_dataset_is_resumable(small_dataset, s3_env, tmp_path):

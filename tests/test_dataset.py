@@ -58,7 +58,7 @@ def test_generator_is_deterministic(tmp_path):
 def test_loader_reports_rows_without_image_and_keeps_each_rows_own_text(sample_dir):
     data = load_dataset(sample_dir)
     assert len(data.missing_images) == 2
-    assert len(data) + 2 == sum(1 for _ in open(sample_dir / "Y_train_CVw08PX.csv")) - 1
+    assert len(data) + 2 == len((sample_dir / "Y_train_CVw08PX.csv").read_text().splitlines()) - 1
     with open(sample_dir / "X_train_update.csv", encoding="utf-8") as f:
         raw = {int(r[""]): r for r in csv.DictReader(f)}
     for i in (0, 1, len(data) - 1):  # each row keeps its own designation (no row's text glued to others)

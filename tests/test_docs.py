@@ -9,7 +9,7 @@ import pytest
 
 from model_server.settings import Settings
 from rakuten_common.options import _default, _shown
-from tests.servers import REPO
+from tests.support.servers import REPO
 from training_job.config import ModelConfig, QualityConfig, TrainConfig
 
 README = (REPO / "README.md").read_text()

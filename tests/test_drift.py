@@ -41,7 +41,7 @@ from rakuten_common.profile import (
 )
 from rakuten_common.synthetic import make_image, make_text
 
-VOCABULARY = frozenset("coussin lin chaise table bois".split())
+VOCABULARY = frozenset(["coussin", "lin", "chaise", "table", "bois"])
 
 
 def encode(image: Image.Image, fmt: str = "JPEG") -> bytes:

@@ -15,9 +15,9 @@ import time
 import pytest
 import yaml
 
-from tests.helm import CHART, NAMESPACE, one, render, tools  # noqa: F401
-from tests.prometheus import POD, Prometheus, running_prometheus
-from tests.servers import start_model_server
+from tests.support.helm import CHART, NAMESPACE, one, render
+from tests.support.prometheus import POD, Prometheus, running_prometheus
+from tests.support.servers import start_model_server
 from tests.test_loadtest import run_locust
 from tests.test_monitoring import grafana_to_promql
 

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from tests.fake_apiserver import Cluster, serving
-from tests.servers import REPO
+from tests.support.fake_apiserver import Cluster, serving
+from tests.support.servers import REPO
 
 PROBE = r"""
 import json, sys
@@ -39,6 +39,7 @@ def probe(kubeconfig) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.process
 def test_cluster_tests_reach_an_api_server_and_its_service_proxy(tmp_path):
     cluster = Cluster()
     path = "/api/v1/namespaces/monitoring/services/prometheus-operated:9090/proxy/api/v1/query"
@@ -51,6 +52,7 @@ def test_cluster_tests_reach_an_api_server_and_its_service_proxy(tmp_path):
     assert seen["conditions"] == [True, False, True, False]
 
 
+@pytest.mark.process
 def test_without_a_cluster_they_say_why(tmp_path):
     (tmp_path / "kubeconfig").write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n")
     seen = probe(tmp_path / "kubeconfig")

@@ -27,7 +27,7 @@ from rakuten_common.v2_client import (
     parse_response,
     post,
 )
-from tests.servers import start_model_server
+from tests.support.servers import start_model_server
 
 pytestmark = pytest.mark.e2e
 MODEL = "rakuten-classifier"

@@ -10,7 +10,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.helm import (
+from tests.support.helm import (
     CHART,
     CI_VALUES,
     CRD_KINDS,
@@ -26,7 +26,7 @@ from tests.helm import (
     pod_views,
     render,
     run,
-    secret_refs,  # noqa: F401
+    secret_refs,
     template_args,
 )
 

@@ -25,7 +25,7 @@ from rakuten_common.v2_client import (
     parse_response,
     post,
 )
-from tests.servers import start_model_server
+from tests.support.servers import start_model_server
 
 pytestmark = pytest.mark.e2e
 JSON = {"Content-Type": "application/json"}
@@ -251,7 +251,7 @@ def raw_http(url: str, data: bytes, read_timeout: float = 10) -> bytes:
         try:
             while chunk := sock.recv(65536):
                 chunks.append(chunk)
-        except (ConnectionResetError, socket.timeout):
+        except (TimeoutError, ConnectionResetError):
             pass
     return b"".join(chunks)
 
@@ -316,7 +316,7 @@ def test_slow_headers_are_cut_off(hostile_url, after_a_request):
                 if sock.recv(1024) == b"":
                     closed = True
                     break
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 closed = True

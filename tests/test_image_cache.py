@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from rakuten_common.preprocessing import decode_image
-from tests.servers import REPO
+from tests.support.servers import REPO
 from training_job.data import image_cache
 
 
@@ -77,6 +77,7 @@ PEAK_RSS = textwrap.dedent("""
 """)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("rows", [2000])
 def test_peak_memory_does_not_grow_with_the_number_of_images(tmp_path, rows):
     """One pass over 200 and over 2,000 images at 128 px (2,000 decoded = 98 MB): the peak RSS of

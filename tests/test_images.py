@@ -24,7 +24,6 @@ import time
 import uuid
 from pathlib import Path
 
-import boto3
 import pytest
 
 from rakuten_common.labels import PRDTYPECODES
@@ -36,8 +35,8 @@ from rakuten_common.v2_client import (
     parse_response,
     post,
 )
-from tests.conftest import BUCKET
-from tests.servers import REPO
+from tests.support.s3 import BUCKET
+from tests.support.servers import REPO
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(2400)]
 
@@ -265,9 +264,8 @@ def test_probe_modules_answer_in_the_images(images):
     assert "--url" in done.stdout
 
 
-def test_training_image_publishes_a_version_to_s3(trained, images, s3):
-    client = boto3.client("s3", endpoint_url=s3.url, region_name="us-east-1", aws_access_key_id="testing",
-                          aws_secret_access_key="testing")
+def test_training_image_publishes_a_version_to_s3(trained, images, s3_client):
+    client = s3_client
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix=f"{MODEL_PREFIX}/").get("Contents", [])]
     manifests = [k for k in keys if k.endswith("/manifest.json")]
     assert manifests, keys

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.cluster_files import (
+from tests.support.cluster_files import (
     CLUSTER_MK,
     K8S,
     KIND_CONFIG,

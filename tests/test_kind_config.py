@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.cluster_files import (
+from tests.support.cluster_files import (
     CHART,
     KPS_VALUES,
     PORT_PLAN,
@@ -18,7 +18,6 @@ from tests.cluster_files import (
     tool,
     versions,
 )
-from tests.helm import tools  # noqa: F401  (fixture: helm from scripts/install-tools.sh)
 
 pytestmark = pytest.mark.helm
 

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.servers import REPO
+from tests.support.servers import REPO
 
 LOCUST = Path(sys.executable).with_name("locust")
 

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from tests.cluster_files import (
+from tests.support.cluster_files import (
     CLUSTER_MK,
     DOCS,
     REPO,

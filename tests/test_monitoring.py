@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from rakuten_common.v2_client import Product, infer_request, infer_url, post
-from tests.helm import CHART, NAMESPACE, one, render, tools  # noqa: F401
-from tests.prometheus import PROMTOOL, Prometheus, require, running_prometheus
+from tests.support.helm import CHART, NAMESPACE, one, render
+from tests.support.prometheus import PROMTOOL, Prometheus, require, running_prometheus
 
 pytestmark = pytest.mark.prometheus
 
@@ -69,7 +69,7 @@ def send(server_url: str, payloads: list[bytes]) -> dict[int, int]:
     return {s: statuses.count(s) for s in set(statuses)}
 
 
-def wait_for(prometheus: "Prometheus", expr: str, at_least: float, timeout: float = 60) -> None:
+def wait_for(prometheus: Prometheus, expr: str, at_least: float, timeout: float = 60) -> None:
     """Bounded wait until the instant value of `expr` reaches `at_least`."""
     deadline = time.monotonic() + timeout
     while True:

@@ -10,7 +10,7 @@ import pytest
 
 from rakuten_common.env import env_bool, parse_bool
 from rakuten_common.options import HelpFormatter, add_options, from_args, option
-from tests.servers import REPO
+from tests.support.servers import REPO
 
 
 @pytest.mark.parametrize("text, value", [
@@ -100,6 +100,7 @@ def test_bounded_types_keep_the_values_within_their_bounds():
     assert (settings.max_queued_rows, settings.drain_seconds, settings.metrics_port) == (1, 0.0, 0)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("module", ["training_job", "model_server"])
 def test_help_is_fast_and_free_of_tensorflow(module):
     started = time.monotonic()
@@ -112,6 +113,7 @@ def test_help_is_fast_and_free_of_tensorflow(module):
     print(f"python -m {module} --help: {seconds:.2f} s")
 
 
+@pytest.mark.process
 def test_help_imports_neither_tensorflow_nor_kserve():
     """The cause of slow help, checked directly: what `--help` imports."""
     code = ("import sys; from training_job.__main__ import build_parser as t; from model_server.settings import "

@@ -3,22 +3,14 @@ server and a real server process, ``python -m model_server.smoke_test`` against 
 server. The chart runs exactly these commands (tests/test_chart_wiring.py checks that)."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from urllib.parse import urlparse
 
 import pytest
 
 from rakuten_common.processes import free_port
-from tests.servers import REPO
+from tests.support.commands import run_module
 
 pytestmark = pytest.mark.e2e
-
-
-def run_module(module: str, *args: str, env: dict[str, str] | None = None, timeout: float = 120):
-    return subprocess.run([sys.executable, "-m", module, *args], env={**os.environ, **(env or {})}, cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def test_wait_for_sees_bucket_model_and_url(published, s3, server_url):

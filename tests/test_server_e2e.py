@@ -222,7 +222,7 @@ def test_repository_api_is_off_by_default(limited_server_url):
 def test_readiness_follows_the_model_when_the_repository_api_is_on(published, s3, artifacts_dir, tmp_path):
     """With --enable_repository_api, an unload takes the pod out of service (readiness 503) instead of
     leaving green probes in front of a server that answers every inference with an error."""
-    from tests.servers import start_model_server
+    from tests.support.servers import start_model_server
 
     server, url = start_model_server(published.uri, artifacts_dir / "model_server_repository.log",
                                      env={**s3.env, "MODEL_CACHE_DIR": str(tmp_path / "cache")},

@@ -4,12 +4,12 @@ from __future__ import annotations
 import json
 import re
 
-import boto3
 import mlflow
 import pytest
 
 from rakuten_common.labels import PRDTYPECODES
-from tests.conftest import BUCKET, run_training
+from tests.support.commands import run_training
+from tests.support.s3 import BUCKET
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +22,7 @@ def run(published):
 
 
 @pytest.fixture(scope="module")
-def manifest(published, s3):
-    s3_client = boto3.client("s3", endpoint_url=s3.url, region_name="us-east-1",
-                             aws_access_key_id="testing", aws_secret_access_key="testing")
+def manifest(published, s3_client):
     prefix = published.uri.removeprefix(f"s3://{BUCKET}/")
     keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]]
     (manifest_key,) = [k for k in keys if k.endswith("/manifest.json")]

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from tests.cluster_files import WORKFLOWS, load_workflow
+from tests.support.cluster_files import WORKFLOWS, load_workflow
 
 pytestmark = pytest.mark.helm
 

@@ -14,6 +14,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 from rakuten_common.errors import RakutenError
 from rakuten_common.logs import configure_logging
@@ -63,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging()  # again: importing MLflow installs its own handlers
     configure_tensorflow(config.tf_intra_op_threads, config.tf_inter_op_threads)  # before any op runs
-    if config.generate_sample and not is_remote(config.data_dir) and not has_dataset(config.data_dir):
+    if config.generate_sample and not is_remote(config.data_dir) and not has_dataset(Path(config.data_dir)):
         logger.info("Generating a sample dataset of about %d rows in %s", config.generate_sample, config.data_dir)
-        sample_data.generate(config.data_dir, rows=config.generate_sample, seed=config.seed)
+        sample_data.generate(Path(config.data_dir), rows=config.generate_sample, seed=config.seed)
     try:
         result = run(config)
     except NotRegisteredError as exc:

@@ -23,7 +23,7 @@ class Scrape:
     types: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, text: str) -> "Scrape":
+    def parse(cls, text: str) -> Scrape:
         scrape = cls()
         for family in text_string_to_metric_families(text):
             scrape.types[family.name] = family.type

@@ -55,7 +55,7 @@ class ServingSettings(CommonSettings):
     skip: tuple[str, ...] = option((), type=word_list, metavar="LIST", shown="none",
                                    help="parts to skip: ceiling,served,cold")
 
-    def resolved(self) -> "ServingSettings":
+    def resolved(self) -> ServingSettings:
         """The quick/full defaults filled in."""
         return replace(self, duration=self.duration or (3.0 if self.quick else 10.0),
                        warmup=self.warmup if self.warmup is not None else (1.0 if self.quick else 2.0),
@@ -96,7 +96,7 @@ class OverloadSettings(CommonSettings):
     seed: int = option(0, help="seed of the arrival times and products")
     check_targets: bool = option(False, help="exit 1 when a target of issue 10 is missed")
 
-    def resolved(self) -> "OverloadSettings":
+    def resolved(self) -> OverloadSettings:
         return replace(self, duration=self.duration or (8.0 if self.quick else 20.0),
                        capacity_duration=self.capacity_duration or (5.0 if self.quick else 10.0))
 

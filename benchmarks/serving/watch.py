@@ -12,8 +12,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from benchmarks.serving.common import percentile, process_memory_bytes
 from benchmarks.serving.metrics import Scrape
@@ -65,7 +65,7 @@ class Watch:
         self._threads: list[threading.Thread] = []
         self._started = 0.0
 
-    def start(self) -> "Watch":
+    def start(self) -> Watch:
         self._started = time.monotonic()
         targets = [lambda name=name: self._probe(name) for name in PROBES]
         if self.pid:
@@ -122,7 +122,7 @@ class Watch:
             result.rss_start_bytes, result.rss_peak_bytes = self.rss[0], max(self.rss)
         return result
 
-    def __enter__(self) -> "Watch":
+    def __enter__(self) -> Watch:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from rakuten_common.processes import wait_until
-from tests.servers import REPO
+from tests.support.servers import REPO
 
 #: NodePorts of the chart's kind scenario and kube-prometheus-stack, published by kind-config.yaml.
 MODEL_NODE_PORT, GRAFANA_NODE_PORT = 30080, 30300
@@ -69,7 +69,7 @@ def unreachable(cluster: Cluster) -> str | None:
         from kubernetes import client
 
         client.VersionApi(api_client(cluster.context)).get_code(_request_timeout=5)
-    except Exception as exc:  # noqa: BLE001 - any failure means: no cluster to test
+    except Exception as exc:
         return f"no Kubernetes API for context {cluster.context!r} ({type(exc).__name__}: {str(exc)[:200]})"
     return None
 
@@ -109,7 +109,7 @@ def eventually(check, timeout: float, what: str, interval: float = 5):
     def ready() -> bool:
         try:
             why = check()
-        except Exception as exc:  # noqa: BLE001 - not there yet; reported if it never comes
+        except Exception as exc:
             why = f"{type(exc).__name__}: {exc}"
         last["why"] = why
         return why is None

@@ -17,7 +17,7 @@ import pytest
 
 from rakuten_common.processes import ServerProcess, free_port
 from tests.e2e.cluster import condition, eventually, prometheus
-from tests.servers import REPO
+from tests.support.servers import REPO
 
 pytestmark = [pytest.mark.kind, pytest.mark.timeout(3600)]
 

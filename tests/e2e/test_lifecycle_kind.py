@@ -151,7 +151,7 @@ def test_a_better_training_is_rolled_out_without_a_failed_request():
         load.join(30)
     new = champion_version()
     assert new != served and call(MODEL_URL)[0] == new
-    assert events("ModelRolledOut")[-1]["message"].startswith(f"registry version")
+    assert events("ModelRolledOut")[-1]["message"].startswith("registry version")
     assert load.failures == [], load.failures[:5]
     assert load.answers[-1] == new
     print(f"rollout under load: {len(load.answers)} answers, {len(load.failures)} failed; "

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from rakuten_common.processes import ServerProcess, free_port
-from tests.conftest import BUCKET, run_module, run_training
-from tests.servers import REPO
+from tests.support.commands import run_module, run_training
+from tests.support.s3 import BUCKET
+from tests.support.servers import REPO
+from tests.support.tiers import starts
 
 MODEL_PREFIX = f"s3://{BUCKET}/lifecycle"
 #: Every call the rollout makes on the API server, and the RBAC rule that grants it:
@@ -40,6 +42,7 @@ class Trained:
 
 
 @pytest.fixture(scope="session")
+@starts("server")
 def mlflow_server(s3, tmp_path_factory) -> str:
     """``mlflow server`` with a sqlite backend in a temporary folder and artifacts in the S3 test server."""
     workdir = tmp_path_factory.mktemp("mlflow-server")
@@ -75,12 +78,14 @@ def _train(dataset_uri: str, env: dict[str, str], workdir: Path, extra: list[str
 
 
 @pytest.fixture(scope="session")
+@starts("training")
 def good_version(dataset_uri, lifecycle_env, tmp_path_factory) -> Trained:
     """The first model: the test suite's usual training settings."""
     return _train(dataset_uri, lifecycle_env, tmp_path_factory.mktemp("train-good"), [])
 
 
 @pytest.fixture(scope="session")
+@starts("training")
 def worse_version(good_version, dataset_uri, lifecycle_env, tmp_path_factory) -> Trained:
     """A deliberately worse challenger, trained after the good one."""
     return _train(dataset_uri, lifecycle_env, tmp_path_factory.mktemp("train-worse"), WORSE_ARGS)
@@ -89,7 +94,7 @@ def worse_version(good_version, dataset_uri, lifecycle_env, tmp_path_factory) ->
 def promote(env: dict[str, str], *args: str, workdir: Path | None = None, timeout: float = 900,
             extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``python -m training_job.promote <args>`` as a container (or ``make promote``) runs it."""
-    return run_module("training_job.promote", list(args), {**env, **(extra_env or {})}, workdir or REPO,
+    return run_module("training_job.promote", *args, env={**env, **(extra_env or {})}, cwd=workdir or REPO,
                       timeout=timeout)
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 from rakuten_common.processes import ServerProcess, free_port
-from tests.servers import start_model_server
+from tests.support.servers import start_model_server
 
 ANNOTATION = "serving.rakuten.io/model-version"
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helm import (  # noqa: F401
+from tests.lifecycle.conftest import ROLLOUT_API
+from tests.support.helm import (
     CI_VALUES,
     by_kind,
     containers,
@@ -15,10 +16,8 @@ from tests.helm import (  # noqa: F401
     pod_views,
     predictor_pod_labels,
     render,
-    tools,
 )
-from tests.lifecycle.conftest import ROLLOUT_API
-from tests.netpol import address, allowed, pod
+from tests.support.netpol import address, allowed, pod
 from training_job.promotion.kserve_status import ANNOTATION
 
 pytestmark = pytest.mark.helm

@@ -16,7 +16,7 @@ from rakuten_common.artifacts import fetch
 from rakuten_common.champion import CHAMPION_FILE
 from rakuten_common.storage import open_store
 from tests.lifecycle.conftest import MODEL_PREFIX, promote, served_version
-from tests.servers import start_model_server
+from tests.support.servers import start_model_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 NAME = "rakuten-classifier"

@@ -20,9 +20,9 @@ import pytest
 from mlflow import MlflowClient
 
 from rakuten_common.bundle import Manifest
-from tests.conftest import BUCKET
 from tests.lifecycle.conftest import ROLLOUT_API, promote
 from tests.lifecycle.kube_standin import ANNOTATION, StandInCluster
+from tests.support.s3 import BUCKET
 from training_job.promotion.smoke import call
 from training_job.training.registry import Registry
 
@@ -40,7 +40,7 @@ class Load:
     running: bool = True
     finished: float = 0.0
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
         return self

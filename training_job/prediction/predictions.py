@@ -59,7 +59,7 @@ def write_predictions(config: BatchPredictConfig, path: Path) -> dict:
                 continue
             best = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
             for position, (row, ranked) in enumerate(zip(keep, best)):
-                cells = [int(productids[start + row])]
+                cells: list[int | str] = [int(productids[start + row])]
                 for index in ranked:
                     cells += [int(codes[index]), f"{probabilities[position, index]:.6f}"]
                 out.writerow(cells)

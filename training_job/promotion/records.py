@@ -61,7 +61,7 @@ def record(judgement: Judgement, registry: Registry, experiment: str = EXPERIMEN
         name = f"{judgement.action} {judgement.candidate.model_version}: {judgement.decision}"
         with mlflow.start_run(run_name=name) as run:
             run_id = run.info.run_id
-            params = {"action": judgement.action, "candidate_registry_version": judgement.candidate.number,
+            params: dict[str, object] = {"action": judgement.action, "candidate_registry_version": judgement.candidate.number,
                       "candidate_model_version": judgement.candidate.model_version,
                       "champion_registry_version": champion.number if champion else "none",
                       "champion_model_version": champion.model_version if champion else "none",
@@ -75,7 +75,7 @@ def record(judgement: Judgement, registry: Registry, experiment: str = EXPERIMEN
             mlflow.set_tags({"decision": judgement.decision, "reason": judgement.reason[:5000],
                              "registered_model": registry.name})
             mlflow.log_metrics(_figures(judgement))
-    except Exception as exc:  # noqa: BLE001 - a decision stands even if its record could not be written
+    except Exception as exc:
         logger.warning("could not record the decision in MLflow experiment %s: %s", experiment, exc)
     tags = {"gate.action": judgement.action, "gate.decision": judgement.decision,
             "gate.reason": judgement.reason[:5000], "gate.decided_at": utc_now(), "gate.mlflow_run_id": run_id or "",
@@ -103,5 +103,5 @@ def record_rollout(run_id: str | None, outcome: str, seconds: float, detail: str
         client.set_tag(run_id, "rollout", outcome)
         client.set_tag(run_id, "rollout_detail", detail[:5000])
         client.log_metric(run_id, "rollout_seconds", seconds)
-    except Exception as exc:  # noqa: BLE001 - see record()
+    except Exception as exc:
         logger.warning("could not record the rollout in MLflow run %s: %s", run_id, exc)

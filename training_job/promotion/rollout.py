@@ -23,7 +23,7 @@ import logging
 import socket
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rakuten_common.errors import RakutenError
@@ -99,7 +99,7 @@ def current_namespace(configured: str) -> str:
         from kubernetes import config
 
         return config.list_kube_config_contexts()[1]["context"].get("namespace") or "default"
-    except Exception:  # noqa: BLE001 - no kubeconfig: the default namespace
+    except Exception:
         return "default"
 
 
@@ -159,7 +159,7 @@ class Rollout:
 
     def event(self, reason: str, message: str, warning: bool = False) -> None:
         """A Kubernetes Event on the InferenceService (``kubectl describe`` shows it); never fatal."""
-        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         try:
             isvc = self.read()
             body = {"metadata": {"generateName": f"{self.name}.", "namespace": self.namespace},
@@ -222,7 +222,7 @@ class Rollout:
     def _steps(self, isvc: dict, result: RolloutResult, revision: str | None, percent: int, value: str | None,
                expected_version: str, started: float) -> RolloutResult:
         mode, previous = result.mode, result.previous
-        change = {"annotations": {ANNOTATION: value}}
+        change: dict[str, object] = {"annotations": {ANNOTATION: value}}
         if mode == "Knative":
             change["canaryTrafficPercent"] = percent if percent < 100 else None
         canary_set = ((isvc.get("spec") or {}).get("predictor") or {}).get("canaryTrafficPercent") is not None

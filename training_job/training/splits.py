@@ -26,7 +26,8 @@ def evaluation_mask(productids: np.ndarray, fraction: float) -> np.ndarray:
 def stratified_split(codes: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Positions of a train/validation split keeping each class's share (>= 1 val row per class)."""
     rng = np.random.default_rng(seed)
-    train, val = [], []
+    train: list[np.ndarray] = []
+    val: list[np.ndarray] = []
     for code in np.unique(codes):
         positions = rng.permutation(np.flatnonzero(codes == code))
         n_val = max(1, round(len(positions) * val_fraction)) if len(positions) > 1 else 0

@@ -108,6 +108,14 @@ imagePullSecrets:
 {{- printf "%s-train" (include "rakuten-serving.fullname" .) -}}
 {{- end -}}
 
+{{/* The training Job of this release revision (templates/training/job.yaml), "" when none is rendered. */}}
+{{- define "rakuten-serving.training.jobName" -}}
+{{- $j := .Values.training.job -}}
+{{- if and $j.enabled (or .Release.IsInstall $j.onUpgrade) -}}
+{{- printf "%s-%d" (include "rakuten-serving.training.fullname" .) (int .Release.Revision) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Name of the InferenceService; KServe names its predictor Deployment/Service "<name>-predictor". */}}
 {{- define "rakuten-serving.isvcName" -}}
 {{- default (include "rakuten-serving.fullname" .) .Values.predictor.inferenceServiceName | trunc 45 | trimSuffix "-" -}}
@@ -176,6 +184,41 @@ default
 {{- .Values.predictor.apiKeys.existingSecret | default (printf "%s-api-keys" (include "rakuten-serving.fullname" .)) -}}
 {{- end -}}
 
+{{/* Clients of the predictor (the training pods' rollout smoke call, the `helm test` pod) with
+     predictor.apiKeys.enabled: the keys Secret mounted read-only, and API_KEY_FILE naming the
+     file, whose first non-comment line is the key the V2 client sends. Empty without keys.
+     "rakuten-serving.apiKeyClient.env", ".volumeMount" and ".volume" go together. */}}
+{{- define "rakuten-serving.apiKeyClient.enabled" -}}
+{{- if and .Values.predictor.enabled .Values.predictor.apiKeys.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{- define "rakuten-serving.apiKeyClient.env" -}}
+{{- if include "rakuten-serving.apiKeyClient.enabled" . }}
+- name: API_KEY_FILE
+  value: {{ printf "/etc/rakuten-serving/api-keys/%s" .Values.predictor.apiKeys.secretKey | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "rakuten-serving.apiKeyClient.volumeMount" -}}
+{{- if include "rakuten-serving.apiKeyClient.enabled" . }}
+- name: api-keys
+  mountPath: /etc/rakuten-serving/api-keys
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "rakuten-serving.apiKeyClient.volume" -}}
+{{- if include "rakuten-serving.apiKeyClient.enabled" . }}
+- name: api-keys
+  secret:
+    secretName: {{ include "rakuten-serving.predictor.apiKeysSecretName" . }}
+    items:
+      - key: {{ .Values.predictor.apiKeys.secretKey }}
+        path: {{ .Values.predictor.apiKeys.secretKey }}
+    defaultMode: 0440
+{{- end }}
+{{- end -}}
+
 {{/* ---- Validation -------------------------------------------------------------------- */}}
 
 {{/* "true" when the chart is rendered against a live cluster (helm install/upgrade, --dry-run=server),
@@ -230,10 +273,9 @@ default
 {{- if not $secret -}}
 {{- fail (printf "auth.existingSecret %q does not exist in namespace %s" .Values.auth.existingSecret .Release.Namespace) -}}
 {{- end -}}
-{{- $annotations := $secret.metadata.annotations | default dict -}}
-{{- if not (or (hasKey $annotations "serving.kserve.io/s3-endpoint") (hasKey ($secret.data | default dict) "S3_ENDPOINT")) -}}
-{{- fail (printf "auth.existingSecret %q has no serving.kserve.io/s3-endpoint annotation: KServe's storage initializer builds the S3 endpoint from the Secret only, and would go to AWS. Annotate it: kubectl -n %s annotate secret %s serving.kserve.io/s3-endpoint=%s serving.kserve.io/s3-usehttps=%s" .Values.auth.existingSecret .Release.Namespace .Values.auth.existingSecret (include "rakuten-serving.s3.endpoint" .) (ternary "1" "0" .Values.s3.useHttps)) -}}
-{{- end -}}
+{{- /* Its serving.kserve.io/s3-* annotations are not required: the chart sets no storageUri, so
+     KServe injects no storage initializer (predictor_custom.go reads only STORAGE_URI) and nothing
+     reads them; NOTES.txt says when they would matter. */}}
 {{- end -}}
 {{- end -}}
 

@@ -99,6 +99,9 @@ spec:
         {{- include "rakuten-serving.cpuLimitEnv" (dict "container" "train" "resources" .Values.training.resources) | nindent 8 }}
         {{- include "rakuten-serving.training.promotionEnv" . | nindent 8 }}
         {{- include "rakuten-serving.s3.env" (dict "context" $ "component" "training") | nindent 8 }}
+        {{- if include "rakuten-serving.training.rolloutEnabled" . }}
+        {{- with include "rakuten-serving.apiKeyClient.env" . }}{{ . | trim | nindent 8 }}{{ end }}
+        {{- end }}
         {{- with .Values.training.extraEnv }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -114,6 +117,9 @@ spec:
           {{- end }}
         - name: tmp
           mountPath: /tmp
+        {{- if include "rakuten-serving.training.rolloutEnabled" . }}
+        {{- with include "rakuten-serving.apiKeyClient.volumeMount" . }}{{ . | trim | nindent 8 }}{{ end }}
+        {{- end }}
   volumes:
     - name: data
       {{- if .Values.training.data.existingClaim }}
@@ -124,4 +130,8 @@ spec:
         sizeLimit: {{ .Values.training.data.emptyDirSizeLimit }}
       {{- end }}
     {{- include "rakuten-serving.tmpVolume" (dict "sizeLimit" "2Gi") | nindent 4 }}
+    {{- if include "rakuten-serving.training.rolloutEnabled" . }}
+    {{- /* the rollout's smoke call is a client of the predictor: its API key (API_KEY_FILE) */}}
+    {{- with include "rakuten-serving.apiKeyClient.volume" . }}{{ . | trim | nindent 4 }}{{ end }}
+    {{- end }}
 {{- end -}}

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.servers import REPO
+from tests.support.servers import REPO
+from tests.support.tiers import starts
 
 CHART = REPO / "charts" / "rakuten-serving"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
@@ -33,6 +34,7 @@ class Tools:
 
 
 @pytest.fixture(scope="session")
+@starts("helm")
 def tools() -> Tools:
     """helm and kubectl installed by scripts/install-tools.sh (npm package, into .tools/bin).
 
@@ -291,9 +293,8 @@ def make_variables(*names: str) -> dict[str, str]:
 def kubernetes_version(default: str = "1.33") -> str:
     """KUBERNETES_VERSION of k8s/versions.env (the kind cluster's), as major.minor."""
     env = REPO / "k8s" / "versions.env"
-    if env.exists():
-        if m := re.search(r"^KUBERNETES_VERSION=v?(\d+\.\d+)", env.read_text(), re.M):
-            return m.group(1)
+    if env.exists() and (m := re.search(r"^KUBERNETES_VERSION=v?(\d+\.\d+)", env.read_text(), re.M)):
+        return m.group(1)
     return default
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from tests.helm import matches
+from tests.support.helm import matches
 
 
 @dataclass(frozen=True)

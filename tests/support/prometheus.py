@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from rakuten_common.processes import ServerProcess, free_port
-from tests.helm import NAMESPACE
+from tests.support.helm import NAMESPACE
 
 PROMETHEUS, PROMTOOL = shutil.which("prometheus"), shutil.which("promtool")
 POD = "rakuten-predictor-7d9f-abcde"

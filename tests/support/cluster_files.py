@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.servers import REPO
+from tests.support.servers import REPO
 
 KIND_CONFIG = REPO / "kind-config.yaml"
 K8S = REPO / "k8s"
@@ -59,8 +59,9 @@ def make_help_targets() -> set[str]:
 def make_targets_in(text: str) -> set[str]:
     """Targets of `make [VAR=x ...] [-flags] TARGET` invocations in shell-like text."""
     found = set()
-    for match in re.finditer(r"(?:^|[\s;&|(`\"@])(?:\$\(MAKE\)|make)((?:[ \t]+(?:-[-\w]+|[A-Z_][A-Z0-9_]*=\S*))*)[ \t]+([a-z][\w.-]*)",
-                             text, re.MULTILINE):
+    invocation = (r"(?:^|[\s;&|(`\"@])(?:\$\(MAKE\)|make)((?:[ \t]+(?:-[-\w]+|[A-Z_][A-Z0-9_]*=\S*))*)"
+                  r"[ \t]+([a-z][\w.-]*)")
+    for match in re.finditer(invocation, text, re.MULTILINE):
         found.add(match.group(2))
     return found
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rakuten_common.processes import ServerProcess, free_port
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def start_s3_server(log_path: Path) -> tuple[ServerProcess, str]:
