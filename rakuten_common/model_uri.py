@@ -145,7 +145,8 @@ def _library_model_version(tracking_uri: str | None, ref: RegistryRef) -> dict:
 
 def _rest_registered_versions(tracking_uri: str, name: str) -> set[str]:
     base = tracking_uri.rstrip("/") + "/api/2.0/mlflow/model-versions/search?"
-    found, token = set(), ""
+    found: set[str] = set()
+    token = ""
     for _ in range(1000):  # pages of 1000: a bound, not a limit anyone meets
         query = {"filter": f"name='{name}'", "max_results": 1000, **({"page_token": token} if token else {})}
         request = urllib.request.Request(base + urllib.parse.urlencode(query),
@@ -170,7 +171,8 @@ def _library_registered_versions(tracking_uri: str, name: str) -> set[str]:
     from mlflow.exceptions import MlflowException
 
     client = MlflowClient(tracking_uri=tracking_uri)
-    found, token = set(), None
+    found: set[str] = set()
+    token = None
     try:
         while True:
             page = client.search_model_versions(f"name='{name}'", max_results=1000, page_token=token)

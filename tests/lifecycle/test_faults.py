@@ -27,8 +27,10 @@ from rakuten_common.champion import CHAMPION_FILE
 from rakuten_common.processes import free_port, http_ok, wait_until
 from rakuten_common.storage import open_store
 from rakuten_common.tracking_server import DEFAULT_TRACKING_TIMEOUT, http_settings
-from tests.conftest import BUCKET, TRAIN_ARGS, run_module
-from tests.servers import REPO
+from tests.support.commands import TRAIN_ARGS, run_module
+from tests.support.s3 import BUCKET
+from tests.support.servers import REPO
+from tests.support.tiers import starts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 NAME = "rakuten-classifier"
@@ -43,7 +45,7 @@ class Tracker:
     def __init__(self, workdir: Path, s3):
         self.workdir, self.port = workdir, free_port()
         self.url, self.db = f"http://127.0.0.1:{self.port}", workdir / "mlflow.db"
-        self.log = open(workdir / "mlflow-server.log", "ab")
+        self.log = open(workdir / "mlflow-server.log", "ab")  # noqa: SIM115 - closed by kill()
         self.process = subprocess.Popen(
             [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(self.port),
              "--backend-store-uri", f"sqlite:///{self.db}", "--artifacts-destination",
@@ -61,6 +63,7 @@ class Tracker:
 
 
 @pytest.fixture(scope="module")
+@starts("server")
 def tracker(s3, tmp_path_factory):
     server = Tracker(tmp_path_factory.mktemp("faults-mlflow"), s3)
     yield server
@@ -157,7 +160,7 @@ def test_promotion_with_mlflow_unreachable_fails_within_the_setting(where, env, 
     with BlackHole() as hole:
         url = hole if where == "black hole" else f"http://127.0.0.1:{free_port()}"
         started = time.monotonic()
-        done = run_module("training_job.promote", [], {**env, "MLFLOW_TRACKING_URI": url}, REPO, timeout=300)
+        done = run_module("training_job.promote", env={**env, "MLFLOW_TRACKING_URI": url}, cwd=REPO, timeout=300)
         seconds = time.monotonic() - started
     print(f"\npromotion, MLflow {where}: exit {done.returncode} after {seconds:.1f} s "
           "(TRACKING_TIMEOUT default 30 s; process start and imports included)")
@@ -207,12 +210,12 @@ def test_sigkill_at_each_publishing_step(tracker, env, tmp_path, s3_env, monkeyp
     assert "fk2" not in registered(client) and runs_of(client, "fk2") == ["RUNNING"]
     assert newest(monkeypatch, tmp_path, None) == "fk2"  # no registry configured: the demo's rule, unchanged
     assert newest(monkeypatch, tmp_path, tracker.url) == "fk1"  # never the version the gate never saw
-    gc = run_module("rakuten_common.gc", ["--model-uri", PREFIX, "--min-age-hours", "1"], env, tmp_path)
+    gc = run_module("rakuten_common.gc", "--model-uri", PREFIX, "--min-age-hours", "1", env=env, cwd=tmp_path)
     assert gc.returncode == 0, gc.stderr[-3000:]
     assert f"version {PREFIX}/fk2 is complete in storage, unknown to the registry" in gc.stderr
     assert "python -m training_job.register fk2" in gc.stderr
     assert runs_of(client, "fk2") == ["FAILED"]  # its version is complete: its job is gone
-    done = run_module("training_job.register", ["fk2", "--model-uri", PREFIX], env, tmp_path)
+    done = run_module("training_job.register", "fk2", "--model-uri", PREFIX, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     version = client.get_model_version(NAME, registered(client)["fk2"])
     assert version.tags["storage_uri"] == f"{PREFIX}/fk2" and float(version.tags["weighted_f1"]) > 0
@@ -220,9 +223,9 @@ def test_sigkill_at_each_publishing_step(tracker, env, tmp_path, s3_env, monkeyp
     assert client.get_run(version.run_id).data.tags["model_version"] == "fk2"
     assert client.get_registered_model(NAME).aliases["challenger"] == version.version
     assert newest(monkeypatch, tmp_path, tracker.url) == "fk2"
-    again = run_module("training_job.register", ["fk2", "--model-uri", PREFIX], env, tmp_path)
+    again = run_module("training_job.register", "fk2", "--model-uri", PREFIX, env=env, cwd=tmp_path)
     assert again.returncode == 0 and "already registry version" in again.stdout + again.stderr
-    missing = run_module("training_job.register", ["fk1x", "--model-uri", PREFIX], env, tmp_path)
+    missing = run_module("training_job.register", "fk1x", "--model-uri", PREFIX, env=env, cwd=tmp_path)
     assert missing.returncode == 1 and "is not complete" in one_error_line(missing.stderr)
 
     # Killed after registering: the run is left RUNNING; gc marks it FAILED.
@@ -234,7 +237,7 @@ def test_sigkill_at_each_publishing_step(tracker, env, tmp_path, s3_env, monkeyp
     bundle.mkdir()
     (bundle / "model.keras").write_bytes(b"not a model")
     publish(bundle, PREFIX, Manifest(version="fk4", created_at="2026-01-01T00:00:00Z"), progress=lambda _: None)
-    gc = run_module("rakuten_common.gc", ["--model-uri", PREFIX, "--delete-unregistered"], env, tmp_path)
+    gc = run_module("rakuten_common.gc", "--model-uri", PREFIX, "--delete-unregistered", env=env, cwd=tmp_path)
     assert gc.returncode == 0, gc.stderr[-3000:]
     assert "deleting unregistered version" in gc.stdout and keys("fk4") == set()
     assert runs_of(client, "fk3") == ["FAILED"]
@@ -266,8 +269,8 @@ def test_tracking_server_killed_during_training_still_publishes(tracker, env, tm
     dead = MlflowClient(f"sqlite:///{tracker.db}")
     assert "fk5" not in registered(dead) and runs_of(dead, "fk5") == ["RUNNING"]
     # Once the registry answers again (here: its database directly), the version is registered from its manifest.
-    done = run_module("training_job.register", ["fk5", "--model-uri", PREFIX],
-                      {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{tracker.db}"}, tmp_path)
+    done = run_module("training_job.register", "fk5", "--model-uri", PREFIX,
+                      env={**env, "MLFLOW_TRACKING_URI": f"sqlite:///{tracker.db}"}, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     version = dead.get_model_version(NAME, registered(dead)["fk5"])
     assert version.tags["storage_uri"] == f"{PREFIX}/fk5" and version.source == f"{PREFIX}/fk5"

@@ -141,7 +141,7 @@ class Registry:
         try:
             if any(item.path == "model" for item in self.client.list_artifacts(run_id)):
                 return f"runs:/{run_id}/model", run_id
-        except Exception as exc:  # noqa: BLE001 - the published bundle is the model either way
+        except Exception as exc:  # the published bundle is the model either way
             logger.info("the artifacts of run %s cannot be listed (%s): the published bundle is the source",
                         run_id, error_line(exc))
         return storage_uri, run_id

@@ -180,8 +180,8 @@ def run(config: TrainConfig) -> TrainResult:
             "val_rows": len(split.val), "eval_rows": len(split.evaluation)})
         tracked.call("tagging the run", mlflow.set_tags, {"mlflow.source.git.commit": tracking.git_commit(),
                                                           "dataset_fingerprint": data.fingerprint})
-        tracked.call("logging data quality", lambda: (mlflow.log_metric("rows_missing_image", len(data.missing_images)),
-                                                      data_quality.log_to_mlflow(quality)))
+        tracked.call("logging missing images", mlflow.log_metric, "rows_missing_image", len(data.missing_images))
+        tracked.call("logging data quality", data_quality.log_to_mlflow, quality)
         model, vocabulary, best_epoch = fit(config, config.model, data, split, images, labels)
         val_probabilities = predict(model, data, split.val, images, branches, config.batch_size)
         metrics, cm = evaluate(val_probabilities, data.codes[split.val], labels)

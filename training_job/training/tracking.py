@@ -73,7 +73,7 @@ class TrainingRun:
             return None
         try:
             return function(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - no tracking failure may cost the trained model
+        except Exception as exc:  # no tracking failure may cost the trained model
             self.down = f"{what}: {error_line(exc)}"
             logger.warning("MLflow tracking failed (%s); the job goes on without tracking", self.down)
             return None
@@ -133,10 +133,10 @@ def record_quality_failure(report: QualityReport, experiment: str, run_name: str
     try:
         mlflow.set_experiment(experiment)
         mlflow.start_run(run_name=run_name, tags={VERSION_TAG: run_name})
-        run.call("recording the data-quality failure", lambda: (mlflow.set_tag("failure", "data_quality"),
-                                                                log_to_mlflow(report)))
+        run.call("tagging the failure", mlflow.set_tag, "failure", "data_quality")
+        run.call("logging the data-quality report", log_to_mlflow, report)
         run.end("FAILED")
-    except Exception as exc:  # noqa: BLE001 - the data-quality error is the one to report
+    except Exception as exc:  # the data-quality error is the one to report
         logger.warning("could not record the data-quality failure in MLflow: %s", error_line(exc))
     raise DataQualityError(f"data quality: {len(report.violations)} rule(s) broken, nothing trained: "
                            + "; ".join(report.violations))
