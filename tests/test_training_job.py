@@ -61,7 +61,7 @@ def test_mlflow_run_holds_params_metrics_figure_model_and_lineage(run, manifest)
         assert {f"val_precision_{code}", f"val_recall_{code}", f"val_f1_{code}"} <= set(data.metrics)
     assert data.tags["mlflow.source.git.commit"] and len(data.tags["dataset_fingerprint"]) == 64
     artifacts = {a.path for a in client.list_artifacts(found.info.run_id)}
-    assert {"confusion_matrix.png", "model"} <= artifacts
+    assert {"confusion_matrix.png", "per_class_f1.png", "model"} <= artifacts
     model_files = {a.path for a in client.list_artifacts(found.info.run_id, "model")}
     assert "model/model.keras" in model_files and "model/labels.json" in model_files
     body, _ = manifest

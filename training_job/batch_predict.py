@@ -25,10 +25,15 @@ from training_job.prediction.settings import BatchPredictConfig
 logger = logging.getLogger("rakuten.batch_predict")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training_job.batch_predict", formatter_class=HelpFormatter,
                                      description=__doc__.split("\n\n")[0])
     add_options(parser, BatchPredictConfig)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     config = from_args(BatchPredictConfig, parser.parse_args(argv))
     missing = [flag for flag, value in (("--model-uri", config.model_uri), ("--data-dir", config.data_dir),
                                         ("--output", config.output)) if not value]

@@ -65,6 +65,10 @@ def write_json(path: Path | None, report: dict) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(json_safe(report), indent=2, default=str) + "\n")
         log.info("results written to %s", path)
+        from benchmarks.serving.report import latency_plot
+
+        if latency_plot(report, path.with_suffix(".png")):
+            log.info("latency-vs-throughput plot written to %s", path.with_suffix(".png"))
 
 
 def run(settings: ServingSettings, workdir: Path, report: dict) -> None:

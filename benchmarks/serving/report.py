@@ -147,3 +147,42 @@ def render(report: dict) -> str:
     if served.get("profile"):
         parts += _profile(served["profile"])
     return "\n".join(parts)
+
+
+def latency_plot(report: dict, path) -> bool:
+    """Write a latency-vs-throughput PNG of the served cells (p50 and p99 against req/s, one line per
+    server setting and payload, a point per concurrency); False when there is nothing to plot."""
+    cells = (report.get("served") or {}).get("cells") or {}
+    if not any(cells.values()):
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for label, rows in cells.items():
+        for payload in sorted({r["payload"] for r in rows}):
+            points = sorted((r for r in rows if r["payload"] == payload and r["throughput"]),
+                            key=lambda r: r["concurrency"])
+            if not points:
+                continue
+            x = [r["throughput"] for r in points]
+            line, = axes.plot(x, [r["p99_ms"] for r in points], marker="o",
+                              label=f"{label.replace('_', ' ')}, {payload}: p99")
+            axes.plot(x, [r["p50_ms"] for r in points], marker=".", linestyle="--", color=line.get_color(),
+                      label=f"{label.replace('_', ' ')}, {payload}: p50")
+            for r in points:
+                axes.annotate(f"c={r['concurrency']}", (r["throughput"], r["p99_ms"]), fontsize=7,
+                              textcoords="offset points", xytext=(3, 3))
+    axes.set_xlabel("served requests/s (1 product each)")
+    axes.set_ylabel("latency (ms)")
+    axes.set_yscale("log")
+    cpus = (report.get("machine") or {}).get("usable_cpus")
+    axes.set_title("Served latency vs throughput" + (f" ({cpus} usable CPUs)" if cpus else ""))
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True

@@ -44,3 +44,25 @@ def confusion_figure(cm: np.ndarray, codes: tuple[int, ...], title: str):
     figure.colorbar(image, ax=axes, fraction=0.046)
     figure.tight_layout()
     return figure
+
+
+def per_class_f1_figure(metrics: dict[str, float], codes: tuple[int, ...], title: str):
+    """A matplotlib figure of each class's F1 (``f1_<code>`` of ``classification_metrics``), worst first,
+    with the weighted F1 as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scores = sorted((metrics[f"f1_{code}"], str(code)) for code in codes)
+    figure, axes = plt.subplots(figsize=(8, 8))
+    axes.barh([code for _, code in scores], [f1 for f1, _ in scores], color="tab:blue")
+    axes.axvline(metrics["weighted_f1"], color="tab:red", linestyle="--",
+                 label=f"weighted F1 {metrics['weighted_f1']:.3f}")
+    axes.set_xlim(0, 1)
+    axes.set_xlabel("F1")
+    axes.set_ylabel("prdtypecode")
+    axes.set_title(title)
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    return figure

@@ -38,6 +38,7 @@ from training_job.training.evaluation import (
     classification_metrics,
     confusion_figure,
     confusion_matrix,
+    per_class_f1_figure,
 )
 from training_job.training.inputs import batches
 from training_job.training.model import build_model
@@ -223,6 +224,9 @@ def run(config: TrainConfig) -> TrainResult:
             tracked.call("logging the confusion matrix", mlflow.log_figure,
                          confusion_figure(cm, labels.codes, f"Validation confusion matrix, {version}"),
                          "confusion_matrix.png")
+            tracked.call("logging the F1 per class", mlflow.log_figure,
+                         per_class_f1_figure(metrics, labels.codes, f"Validation F1 per class, {version}"),
+                         "per_class_f1.png")
             tracked.call("logging the model", mlflow.log_artifacts, str(bundle), artifact_path="model")
         tracked.call("tagging the run", mlflow.set_tag, "model_uri", version_uri)
         registered = register_trained(tracked.run_id, tracked.down, version_uri, manifest)  # alias challenger
