@@ -56,8 +56,6 @@ COMMANDS = (
     # The promotion runs inside the training container (PROMOTE): its settings are that container's.
     Command("Promotion", "python -m training_job.promote", "training_job.promote:build_parser", "training_job",
             "promotion"),
-    Command("Registering a published version", "python -m training_job.register", "training_job.register:build_parser",
-            "training_job", "registering-a-published-version"),
 )
 
 
