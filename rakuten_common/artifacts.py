@@ -1,8 +1,10 @@
 """Versioned model bundles in a store: publish one with its manifest written last, fetch and verify one.
 
 The files of a bundle are described in ``rakuten_common.bundle``. A version whose manifest is
-absent is incomplete and never loaded; a version that exists (complete or not) is never
-overwritten.
+absent is incomplete and never loaded; a complete version is never overwritten. A version
+without a manifest (a publish that failed or was killed) may be published again under the same
+name: its leftover objects are removed first (a Kubernetes Job retried with a fixed
+``MODEL_VERSION`` does exactly this).
 
 What a store holds is not trusted: a manifest is parsed field by field (``read_manifest``:
 a truncated or malformed one is a clear ``ArtifactError``, unknown fields are ignored), its
@@ -12,7 +14,9 @@ removed outside it.
 
 Which version (``fetch`` of a prefix of versions): the newest by the manifest's
 ``created_at``, not by name (a version whose manifest cannot be read counts as newer than
-all). **Fallback policy** (``fallback``): if the newest version is unusable (manifest
+all). While a registry is configured (``MLFLOW_TRACKING_URI`` set), only versions the
+registry knows are candidates (``rakuten_common.model_uri.registered_versions``); the others
+are logged and skipped. **Fallback policy** (``fallback``): if the newest version is unusable (manifest
 corrupt, a file missing or not matching its checksum), ``"previous"`` (the default) logs why
 and tries the next newest, and so on; ``"none"`` fails at once. A URI
 naming one version never falls back. Storage that cannot be reached is never a reason to
@@ -29,10 +33,11 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
-from rakuten_common.bundle import MANIFEST_FILE, VERSION_PATTERN, Manifest
+from rakuten_common.bundle import MANIFEST_FILE, MODEL_NAME, VERSION_PATTERN, Manifest
 from rakuten_common.errors import ArtifactError
+from rakuten_common.faults import kill_point
 from rakuten_common.jsondoc import load_object
-from rakuten_common.model_uri import resolve_model_uri
+from rakuten_common.model_uri import registered_versions, resolve_model_uri
 from rakuten_common.storage import (
     LocalStore,
     ProgressFn,
@@ -62,24 +67,34 @@ def describe_files(bundle: Path) -> dict[str, dict]:
             for p in sorted(bundle.rglob("*")) if p.is_file() and p.name != MANIFEST_FILE}
 
 
-def ensure_new_version(store: Store, version: str) -> None:
-    """Raise ``ArtifactError`` if ``version`` is malformed or already present (even partly)."""
+def ensure_new_version(store: Store, version: str) -> bool:
+    """Raise ``ArtifactError`` if ``version`` is malformed or complete (has its manifest) already.
+
+    Returns whether objects of an incomplete ``version`` are there (a failed publish's leftovers,
+    which ``publish`` replaces)."""
     if not VERSION_PATTERN.match(version):
         raise ArtifactError(f"invalid version id {version!r}")
-    if store.has_prefix(version):
+    if store.exists(f"{version}/{MANIFEST_FILE}"):
         raise ArtifactError(f"version {version} already exists in {store.uri}: versions are never overwritten")
+    return store.has_prefix(version)
 
 
 def publish(bundle: Path, uri: str, manifest: Manifest, progress: ProgressFn = print) -> str:
-    """Upload ``bundle`` as ``<uri>/<manifest.version>/``; return the version's URI."""
+    """Upload ``bundle`` as ``<uri>/<manifest.version>/``; return the version's URI.
+
+    An incomplete version of the same name (no manifest) is removed first, then replaced."""
     store = open_store(uri)
     version = manifest.version
-    ensure_new_version(store, version)
+    if ensure_new_version(store, version):
+        removed = store.delete_prefix(version)
+        logger.warning("version %s in %s had no %s (a failed publish): its %d leftover object(s) are replaced",
+                       version, store.uri, MANIFEST_FILE, removed)
     manifest.files = describe_files(bundle)
     total = sum(entry["bytes"] for entry in manifest.files.values())
     sent = 0
     for name, entry in manifest.files.items():
         store.put_file(f"{version}/{name}", bundle / name)
+        kill_point("uploaded")
         sent += entry["bytes"]
         progress(f"  uploaded {name} ({entry['bytes'] / 1e6:.2f} MB, {sent / max(total, 1):.0%} of {total / 1e6:.2f} MB)")
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,6 +149,22 @@ def _load_manifest(store: Store, prefix: str, destination: Path, where: str) -> 
     return read_manifest(destination.read_bytes(), where)
 
 
+def read_version_manifest(store: Store, version: str) -> Manifest:
+    """The manifest of the complete ``version`` of ``store``; ``ArtifactError`` if it has none or it is unusable."""
+    if not VERSION_PATTERN.match(version):
+        raise ArtifactError(f"invalid version id {version!r}")
+    try:
+        if not store.exists(f"{version}/{MANIFEST_FILE}"):
+            raise ArtifactError(f"version {version} under {store.uri} is not complete: it has no {MANIFEST_FILE}")
+        with tempfile.TemporaryDirectory() as scratch:
+            manifest = _load_manifest(store, f"{version}/", Path(scratch) / MANIFEST_FILE, f"version {version}")
+    except StorageError as exc:
+        raise ArtifactError(str(exc)) from exc
+    if manifest.version != version:
+        raise ArtifactError(f"{MANIFEST_FILE} of version {version} names version {manifest.version!r}")
+    return manifest
+
+
 def candidate_versions(store: Store, scratch: Path) -> list[tuple[str, Manifest | ArtifactError]]:
     """Complete versions, newest first, with their manifest (or why it is unusable).
 
@@ -156,6 +187,21 @@ def candidate_versions(store: Store, scratch: Path) -> list[tuple[str, Manifest 
     readable.sort(key=lambda item: (item[0], item[1]), reverse=True)
     unreadable.sort(reverse=True)
     return unreadable + [(version, manifest) for _, version, manifest in readable]
+
+
+def registered_only(candidates: list[tuple[str, Manifest | ArtifactError]], where: str,
+                    tracking_uri: str | None = None) -> list[tuple[str, Manifest | ArtifactError]]:
+    """``candidates`` the registry knows, while one is configured (``MLFLOW_TRACKING_URI``); else all."""
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip() if tracking_uri is None else tracking_uri
+    if not tracking_uri or not candidates:
+        return candidates
+    known = registered_versions(MODEL_NAME, tracking_uri)
+    for version, _ in candidates:
+        if version not in known:
+            logger.warning("version %s under %s is complete but unknown to the MLflow registry: never served as "
+                           "the newest (python -m training_job.register %s registers it; python -m "
+                           "rakuten_common.gc --delete-unregistered removes it)", version, where, version)
+    return [(version, manifest) for version, manifest in candidates if version in known]
 
 
 def resolve_version(store: Store) -> str | None:
@@ -226,9 +272,11 @@ def fetch(uri: str, cache_dir: Path, progress: ProgressFn = print, fallback: str
                 manifest = _load_manifest(store, "", Path(scratch) / MANIFEST_FILE, store.uri)
             return _fetch_one(store, "", manifest, cache_dir, progress), manifest
         with tempfile.TemporaryDirectory(dir=cache_dir) as scratch:
-            candidates = candidate_versions(store, Path(scratch))
+            candidates = registered_only(candidate_versions(store, Path(scratch)), store.uri)
         if not candidates:
-            raise ArtifactError(f"no complete model version (with {MANIFEST_FILE}) under {store.uri}")
+            raise ArtifactError(f"no complete model version (with {MANIFEST_FILE}) under {store.uri}"
+                                + (" known to the MLflow registry" if os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+                                   else ""))
         failures = []
         for version, found in candidates:
             try:

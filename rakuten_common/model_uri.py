@@ -2,7 +2,12 @@
 
 - a version folder (it holds ``manifest.json``), local or ``s3://``: that version;
 - a prefix of versions: the version its champion pointer names (``rakuten_common.champion``);
-  without a pointer, the newest complete version (logged as such);
+  without a pointer, the newest complete version (logged as such) — and while a registry is
+  configured (``MLFLOW_TRACKING_URI`` set), the newest complete version the registry knows: a
+  version published but never registered (a job killed or MLflow down between ``manifest.json``
+  and registration) was never seen by the gate and is skipped (``rakuten_common.artifacts.fetch``
+  asks ``registered_versions``). Without ``MLFLOW_TRACKING_URI`` (the local demo, no registry
+  server) nothing is asked;
 - ``models:/rakuten-classifier@champion`` or ``models:/rakuten-classifier/<n>``: the version
   the MLflow Model Registry tags with its storage URI (tag ``storage_uri``). With an
   ``http(s)`` ``MLFLOW_TRACKING_URI`` the registry is asked over its REST API with the standard
@@ -138,6 +143,59 @@ def _library_model_version(tracking_uri: str | None, ref: RegistryRef) -> dict:
     return {"version": str(found.version), "tags": dict(found.tags)}
 
 
+def _rest_registered_versions(tracking_uri: str, name: str) -> set[str]:
+    base = tracking_uri.rstrip("/") + "/api/2.0/mlflow/model-versions/search?"
+    found: set[str] = set()
+    token = ""
+    for _ in range(1000):  # pages of 1000: a bound, not a limit anyone meets
+        query = {"filter": f"name='{name}'", "max_results": 1000, **({"page_token": token} if token else {})}
+        request = urllib.request.Request(base + urllib.parse.urlencode(query),
+                                         headers={"Accept": "application/json", **_auth_headers()})
+        try:
+            with urllib.request.urlopen(request, timeout=REGISTRY_TIMEOUT_SECONDS, context=_ssl_context()) as answer:
+                body = answer.read(MAX_RESPONSE_BYTES * 16 + 1)
+            page = json.loads(body)
+            versions = page.get("model_versions", [])
+            found.update(t["value"] for v in versions for t in v.get("tags", [])
+                         if isinstance(t, dict) and t.get("key") == MODEL_VERSION_TAG)
+        except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
+            raise ArtifactError(f"MLflow registry at {tracking_uri} cannot list the versions of {name}: {exc}") from None
+        token = page.get("next_page_token") or ""
+        if not token:
+            break
+    return found
+
+
+def _library_registered_versions(tracking_uri: str, name: str) -> set[str]:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    found: set[str] = set()
+    token = None
+    try:
+        while True:
+            page = client.search_model_versions(f"name='{name}'", max_results=1000, page_token=token)
+            found.update(v.tags.get(MODEL_VERSION_TAG) for v in page if v.tags.get(MODEL_VERSION_TAG))
+            token = page.token
+            if not token:
+                return found
+    except MlflowException as exc:
+        raise ArtifactError(f"MLflow registry cannot list the versions of {name}: {exc.message}") from None
+
+
+def registered_versions(name: str, tracking_uri: str) -> set[str]:
+    """The version ids (tag ``model_version``) of every registry version of ``name``.
+
+    An unreachable registry is an ``ArtifactError``, never an empty set: a server must not
+    guess which versions the gate may judge."""
+    if not _NAME.match(name):
+        raise ArtifactError(f"invalid registered model name {name!r}")
+    if tracking_uri.startswith(("http://", "https://")):
+        return _rest_registered_versions(tracking_uri, name)
+    return _library_registered_versions(tracking_uri, name)
+
+
 def registry_storage_uri(uri: str, tracking_uri: str | None = None) -> str:
     """The storage URI of the published version a ``models:/`` URI names."""
     ref = parse_registry_uri(uri)
@@ -166,7 +224,8 @@ def resolve_model_uri(uri: str, tracking_uri: str | None = None) -> str:
             return uri
         pointer = read_pointer(store)
         if pointer is None:
-            logger.info("no %s under %s: serving its newest complete version", CHAMPION_FILE, store.uri)
+            logger.info("no %s under %s: serving its newest complete version%s", CHAMPION_FILE, store.uri,
+                        " known to the registry" if os.environ.get("MLFLOW_TRACKING_URI", "").strip() else "")
             return uri
         if not store.exists(f"{pointer.version}/{MANIFEST_FILE}"):
             raise ArtifactError(f"{store.uri}/{CHAMPION_FILE} names version {pointer.version}, "

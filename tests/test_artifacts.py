@@ -5,7 +5,13 @@ import json
 
 import pytest
 
-from rakuten_common.artifacts import ArtifactError, fetch, publish, resolve_version
+from rakuten_common.artifacts import (
+    ArtifactError,
+    ensure_new_version,
+    fetch,
+    publish,
+    resolve_version,
+)
 from rakuten_common.bundle import MANIFEST_FILE, Manifest
 from rakuten_common.storage import LocalStore, StorageError, open_store
 from tests.support.s3 import BUCKET
@@ -74,8 +80,24 @@ def test_an_interrupted_upload_leaves_no_loadable_version(bundle, tmp_path, monk
     monkeypatch.undo()
     assert (root / "v2").exists() and not (root / "v2" / MANIFEST_FILE).exists()
     assert resolve_version(open_store(str(root))) == "v1"  # the half-written v2 is ignored
+
+
+def test_a_failed_publish_may_be_retried_under_the_same_version(bundle, model_uri, caplog):
+    """A Job retried with a fixed MODEL_VERSION after a failed publish: the leftovers are replaced,
+    while a complete version still is never overwritten."""
+    store = open_store(model_uri)
+    store.put_file("v2/model.keras", bundle / "labels.json")  # a leftover of the failed attempt, other bytes
+    store.put_file("v2/stale.bin", bundle / "labels.json")    # and a file the new bundle does not have
+    assert ensure_new_version(store, "v2") is True  # incomplete: may be reused
+    publish(bundle, model_uri, manifest("v2"), progress=lambda _: None)
+    assert "its 2 leftover object(s) are replaced" in caplog.text
+    assert sorted(o.key.split("/", 1)[1] for o in store.list_objects("v2")) == [
+        "labels.json", MANIFEST_FILE, "model.keras"]
+    assert resolve_version(store) == "v2"
+    with pytest.raises(ArtifactError, match="already exists .* never overwritten"):
+        ensure_new_version(store, "v2")
     with pytest.raises(ArtifactError, match="already exists"):
-        publish(bundle, str(root), manifest("v2"), progress=lambda _: None)
+        publish(bundle, model_uri, manifest("v2"), progress=lambda _: None)
 
 
 def test_a_tampered_file_fails_verification(bundle, s3_env, s3_client, tmp_path):

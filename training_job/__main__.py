@@ -2,7 +2,11 @@
 
 Every option also reads an environment variable (shown in ``--help``), which is how the
 Kubernetes Job and CronJob configure it. Arguments are parsed before TensorFlow is imported.
-Exit codes: 0 published, 1 the data, the storage or a setting is wrong (one-line reason).
+
+Exit codes: 0 published and registered; 1 the data, the storage, the tracking server (at the
+start: nothing trained) or a setting is wrong (one-line reason); 2 a flag or environment
+variable is invalid; 5 published but NOT registered (MLflow failed after training: the version is
+complete in storage; ``python -m training_job.register VERSION`` registers it later).
 """
 from __future__ import annotations
 
@@ -15,17 +19,21 @@ from pathlib import Path
 from rakuten_common.errors import RakutenError
 from rakuten_common.logs import configure_logging
 from rakuten_common.options import HelpFormatter, add_options, from_args
+from rakuten_common.tracking_server import bound_tracking_calls
 from training_job.config import ModelConfig, QualityConfig, TrainConfig
 
 logger = logging.getLogger("rakuten.training")
+#: Exit code of a run whose version is published but not registered.
+EXIT_NOT_REGISTERED = 5
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training_job", formatter_class=HelpFormatter,
-        description="Train the concatenated text+image Rakuten classifier, track it in MLflow and\n"
-                    "publish a new model version to a local folder or s3://bucket/prefix.\n"
-                    "Every option can also be set by the environment variable named in its help.")
+        description="Train the concatenated text+image Rakuten classifier, publish a new model version\n"
+                    "to a local folder or s3://bucket/prefix, track it in MLflow and register it.\n"
+                    "Every option can also be set by the environment variable named in its help.\n\n"
+                    + __doc__.split("\n\n")[-1].strip())
     add_options(parser, TrainConfig)
     add_options(parser, ModelConfig, group_title="model")
     add_options(parser, QualityConfig, group_title="data quality (checked before training)")
@@ -45,11 +53,13 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
 def main(argv: list[str] | None = None) -> int:
     config = parse_config(argv)
     configure_logging()
+    bound_tracking_calls(config.tracking_timeout)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from rakuten_common.cpu import configure_tensorflow
     from training_job import sample_data
     from training_job.data.dataset import has_dataset
     from training_job.data.source import is_remote
+    from training_job.training.registry import NotRegisteredError
     from training_job.training.run import run
 
     configure_logging()  # again: importing MLflow installs its own handlers
@@ -59,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         sample_data.generate(Path(config.data_dir), rows=config.generate_sample, seed=config.seed)
     try:
         result = run(config)
+    except NotRegisteredError as exc:
+        logger.error("%s", exc)
+        return EXIT_NOT_REGISTERED
     except RakutenError as exc:
         logger.error("%s", exc)
         return 1

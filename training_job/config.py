@@ -13,6 +13,11 @@ from pathlib import Path
 from rakuten_common.bundle import MODEL_NAME
 from rakuten_common.cpu import available_cpus
 from rakuten_common.options import AT_LEAST_ONE, COUNT, POSITIVE, SHARE, bounded, option
+from rakuten_common.tracking_server import (
+    DEFAULT_TRACKING_TIMEOUT,
+    TRACKING_TIMEOUT,
+    TRACKING_TIMEOUT_HELP,
+)
 
 #: An increment's name: a sortable UTC timestamp by default (``20261203T174512Z``); names sort in time order.
 INCREMENT_NAME = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
@@ -130,6 +135,8 @@ class TrainConfig:
                                 "(python -m training_job.promote; its settings from the environment)")
     seed: int = option(0, env="SEED", help="random seed of the split, the shuffling and the weights")
     experiment: str = option(MODEL_NAME, env="MLFLOW_EXPERIMENT_NAME", help="MLflow experiment")
+    tracking_timeout: int = option(DEFAULT_TRACKING_TIMEOUT, env="TRACKING_TIMEOUT", type=TRACKING_TIMEOUT,
+                                   metavar="SECONDS", help=TRACKING_TIMEOUT_HELP)
     version: str | None = option(None, env="MODEL_VERSION", metavar="ID", shown="a UTC timestamp",
                                  help="version id to publish")
     cache_dir: Path = option(Path(tempfile.gettempdir()) / "rakuten-cache", env="CACHE_DIR", metavar="DIR",

@@ -13,8 +13,8 @@ the model store (``rakuten_common.champion``), which is what model servers load;
 the previous champion is restored. Every decision is recorded (``training_job.promotion.records``).
 
 Exit codes: 0 promoted, or already champion; 3 refused by the gate; 4 promoted but the rollout
-failed (the previous champion, if any, restored and serving again); 1 any other error; 2 bad
-arguments.
+failed (the previous champion, if any, restored and serving again); 1 any other error (MLflow
+unreachable: within --tracking-timeout, nothing moved); 2 bad arguments.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import sys
 
 from rakuten_common.logs import configure_logging
 from rakuten_common.options import HelpFormatter, add_options, from_args
+from rakuten_common.tracking_server import bound_tracking_calls
 from training_job.promotion.rollout import RolloutConfig
 from training_job.promotion.settings import PromoteConfig
 
@@ -53,6 +54,7 @@ def parse_config(argv: list[str] | None = None) -> tuple[PromoteConfig, RolloutC
 def main(argv: list[str] | None = None) -> int:
     config, rollout_config = parse_config(argv)
     configure_logging()
+    bound_tracking_calls(config.tracking_timeout)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from training_job.promotion.flow import promote, write_termination_message
 

@@ -227,7 +227,7 @@ def promote_after_training(train: TrainConfig, result) -> int:
     training run (exit 0, recorded like any decision); a rolled-back rollout exits 4."""
     config = dataclasses.replace(from_environment(PromoteConfig), data_dir=str(train.data_dir),
                                  eval_fraction=train.eval_fraction, cache_dir=train.cache_dir,
-                                 increments=train.increments)
+                                 increments=train.increments, tracking_timeout=train.tracking_timeout)
     outcome = promote(config, from_environment(RolloutConfig))
     write_termination_message(f"trained {result.version_uri}; {outcome.summary}")
     return EXIT_OK if outcome.exit_code == EXIT_REFUSED else outcome.exit_code

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rakuten_common.cpu import available_cpus
 from rakuten_common.options import option
+from rakuten_common.tracking_server import TRACKING_TIMEOUT, TRACKING_TIMEOUT_HELP
 from training_job.config import TrainConfig, increment_selection
 
 #: Products per model call when re-scoring.
@@ -43,3 +44,5 @@ class PromoteConfig:
                           help="threads decoding images")
     experiment: str = option("rakuten-classifier-promotions", env="PROMOTIONS_EXPERIMENT",
                              help="MLflow experiment recording every decision")
+    tracking_timeout: int = option(_training_default("tracking_timeout"), env="TRACKING_TIMEOUT",
+                                   type=TRACKING_TIMEOUT, metavar="SECONDS", help=TRACKING_TIMEOUT_HELP)

@@ -1,5 +1,13 @@
 """Training run: load data, split it, decode images once to disk, fit the fused model (and
-optionally each branch alone) with early stopping, evaluate, track in MLflow, publish a bundle."""
+optionally each branch alone) with early stopping, evaluate, publish a bundle, track in MLflow,
+register it.
+
+Order, so that an MLflow outage never costs a trained model: the MLflow run must start (else
+nothing is trained); training, evaluation and publishing never wait on tracking (a failed
+tracking call turns tracking off for the job, ``tracking.TrainingRun``); the bundle is published,
+then the results are logged and the version registered. Registration that fails raises
+``NotRegisteredError``: the version is complete in storage, the command exits 5.
+"""
 from __future__ import annotations
 
 import logging
@@ -15,6 +23,7 @@ from sklearn.utils.class_weight import compute_sample_weight
 
 from rakuten_common.artifacts import ensure_new_version, publish
 from rakuten_common.bundle import Manifest, PreprocessingSpec, new_version, save_bundle
+from rakuten_common.faults import kill_point
 from rakuten_common.labels import LabelMap
 from rakuten_common.profile import ReferenceProfile, build_profile
 from rakuten_common.storage import open_store
@@ -33,7 +42,7 @@ from training_job.training.evaluation import (
 from training_job.training.inputs import batches
 from training_job.training.model import build_model, has_wide_part
 from training_job.training.model import vocabulary as model_vocabulary
-from training_job.training.registry import Registry
+from training_job.training.registry import register_trained
 from training_job.training.splits import three_way_split
 
 logger = logging.getLogger("rakuten.training")
@@ -100,7 +109,7 @@ def fit(config: TrainConfig, model_config: ModelConfig, data: Dataset, split: Sp
                 "+".join(model_config.branches), f"{model.count_params():,}", config.epochs,
                 len(split.train), len(split.val))
     history = model.fit(train_data, validation_data=val_data, epochs=config.epochs, verbose=0, shuffle=False,
-                        callbacks=[EpochLog(config.epochs), stop, mlflow.keras.MlflowCallback()])
+                        callbacks=[EpochLog(config.epochs), stop, tracking.EpochMetrics()])
     scores = history.history["val_weighted_f1"]
     best_epoch = int(np.argmax(scores)) + 1
     if stop.stopped_epoch:
@@ -164,20 +173,24 @@ def run(config: TrainConfig) -> TrainResult:
     started = time.time()
     labels = LabelMap()
     version = config.version or new_version()
-    ensure_new_version(open_store(config.model_uri), version)  # fail before training, not after
+    store = open_store(config.model_uri)
+    ensure_new_version(store, version)  # fail before training, not after
     data, split, images, quality, lineage = prepare_data(config, labels, version)
     branches = config.model.branches
 
-    with tracking.start_run(config.experiment, run_name=version) as active:
-        mlflow.log_params({**{k: v for k, v in asdict(config).items() if k not in ("model", "data_dir")},
-                           **{f"model.{k}": v for k, v in asdict(config.model).items()},
-                           "data_dir": str(config.data_dir), "train_rows": len(split.train),
-                           "val_rows": len(split.val), "eval_rows": len(split.evaluation)})
-        mlflow.set_tags({"mlflow.source.git.commit": tracking.git_commit(), "model_version": version,
-                         "dataset_fingerprint": data.fingerprint})
-        mlflow.log_metric("rows_missing_image", len(data.missing_images))
-        lineage.log_to_mlflow()
-        data_quality.log_to_mlflow(quality)
+    tracked = tracking.TrainingRun(config.experiment, version).start(store)
+    status = "FAILED"
+    try:
+        tracked.call("logging parameters", mlflow.log_params, {
+            **{k: v for k, v in asdict(config).items() if k not in ("model", "data_dir")},
+            **{f"model.{k}": v for k, v in asdict(config.model).items()},
+            "data_dir": str(config.data_dir), "train_rows": len(split.train),
+            "val_rows": len(split.val), "eval_rows": len(split.evaluation)})
+        tracked.call("tagging the run", mlflow.set_tags, {"mlflow.source.git.commit": tracking.git_commit(),
+                                                          "dataset_fingerprint": data.fingerprint})
+        tracked.call("logging missing images", mlflow.log_metric, "rows_missing_image", len(data.missing_images))
+        tracked.call("logging the data's lineage", lineage.log_to_mlflow)
+        tracked.call("logging data quality", data_quality.log_to_mlflow, quality)
         model, vocabulary, best_epoch = fit(config, config.model, data, split, images, labels)
         val_probabilities = predict(model, data, split.val, images, branches, config.batch_size)
         metrics, cm = evaluate(val_probabilities, data.codes[split.val], labels)
@@ -192,20 +205,16 @@ def run(config: TrainConfig) -> TrainResult:
                         evaluation["weighted_f1"], evaluation["accuracy"])
         if config.ablation:
             for branch in ("text", "image"):
-                with mlflow.start_run(run_name=f"{version}-{branch}-only", nested=True):
+                with tracked.nested(f"{version}-{branch}-only"):
                     alone_config = replace(config.model, branches=(branch,))
                     alone, _, alone_best = fit(config, alone_config, data, split, images, labels)
                     alone_metrics, _ = evaluate(predict(alone, data, split.val, images, (branch,), config.batch_size),
                                                 data.codes[split.val], labels)
-                    mlflow.log_metrics({**{f"val_{k}": v for k, v in alone_metrics.items()}, "best_epoch": alone_best})
+                    tracked.call("logging ablation metrics", mlflow.log_metrics,
+                                 {**{f"val_{k}": v for k, v in alone_metrics.items()}, "best_epoch": alone_best})
                 metrics[f"{branch}_only_weighted_f1"] = alone_metrics["weighted_f1"]
                 metrics[f"{branch}_only_accuracy"] = alone_metrics["accuracy"]
                 logger.info("Ablation: %s branch alone, weighted F1 %.4f", branch, alone_metrics["weighted_f1"])
-        mlflow.log_metrics({f"val_{k}": v for k, v in metrics.items()})
-        mlflow.log_figure(confusion_figure(cm, labels.codes, f"Validation confusion matrix, {version}"),
-                          "confusion_matrix.png")
-        mlflow.log_figure(per_class_f1_figure(metrics, labels.codes, f"Validation F1 per class, {version}"),
-                          "per_class_f1.png")
         per_class = ("precision_", "recall_", "f1_")
         summary = {k: v for k, v in metrics.items() if not k.removeprefix("eval_").startswith(per_class)}
         with tempfile.TemporaryDirectory() as tmp:
@@ -213,16 +222,28 @@ def run(config: TrainConfig) -> TrainResult:
             profile = reference_profile(quality, data, split.val, images, val_probabilities, data.codes[split.train],
                                         vocabulary, labels, spec.sequence_length)
             bundle = save_bundle(model, labels, spec, vocabulary, Path(tmp) / version, profile)
-            mlflow.log_artifacts(str(bundle), artifact_path="model")
             manifest = Manifest(version=version, created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                metrics=summary, mlflow_run_id=active.info.run_id,
+                                metrics=summary, mlflow_run_id=tracked.run_id,
                                 git_commit=tracking.git_commit(), dataset_fingerprint=data.fingerprint)
             logger.info("Publishing version %s to %s", version, config.model_uri)
             version_uri = publish(bundle, config.model_uri, manifest, progress=logger.info)
-        mlflow.set_tag("model_uri", version_uri)
-        registered = Registry().register(active.info.run_id, version_uri, manifest)  # alias challenger
-        mlflow.set_tag("registry_version", registered.number)
+            kill_point("published")
+            tracked.call("logging metrics", mlflow.log_metrics, {f"val_{k}": v for k, v in metrics.items()})
+            tracked.call("logging the confusion matrix", mlflow.log_figure,
+                         confusion_figure(cm, labels.codes, f"Validation confusion matrix, {version}"),
+                         "confusion_matrix.png")
+            tracked.call("logging the F1 per class", mlflow.log_figure,
+                         per_class_f1_figure(metrics, labels.codes, f"Validation F1 per class, {version}"),
+                         "per_class_f1.png")
+            tracked.call("logging the model", mlflow.log_artifacts, str(bundle), artifact_path="model")
+        tracked.call("tagging the run", mlflow.set_tag, "model_uri", version_uri)
+        registered = register_trained(tracked.run_id, tracked.down, version_uri, manifest)  # alias challenger
+        kill_point("registered")
         seconds = time.time() - started
-        mlflow.log_metric("training_seconds", seconds)
-    logger.info("Done in %.0f s: %s (MLflow run %s)", seconds, version_uri, active.info.run_id)
-    return TrainResult(version_uri, metrics, active.info.run_id, seconds, registered.number)
+        tracked.call("tagging the run", mlflow.set_tag, "registry_version", registered.number)
+        tracked.call("logging the duration", mlflow.log_metric, "training_seconds", seconds)
+        status = "FINISHED"
+    finally:
+        tracked.end(status)
+    logger.info("Done in %.0f s: %s (MLflow run %s)", seconds, version_uri, tracked.run_id)
+    return TrainResult(version_uri, metrics, tracked.run_id, seconds, registered.number)
