@@ -146,8 +146,9 @@ class Settings:
     # -- authentication and rate limiting (off unless keys are given) -----------------------------
     api_keys_file: Path | None = option(None, env="API_KEYS_FILE", type=Path, metavar="PATH",
                                         help="file of API keys, one per line (e.g. a mounted Secret; "
-                                             "re-read when it changes): every endpoint but the health "
-                                             "probes then needs `Authorization: Bearer <key>` or `X-API-Key`")
+                                             "re-read when it changes): inference and metadata, REST and "
+                                             "gRPC, then need `Authorization: Bearer <key>` or `X-API-Key`; "
+                                             "health probes and /metrics stay open (docs/hardening.md)")
     api_keys: str = option("", env="API_KEYS", metavar="KEYS",
                            help="comma-separated API keys (prefer API_KEYS_FILE: flags show in `ps`)")
     rate_limit_rps: float = option(0.0, env="RATE_LIMIT_RPS", type=NOT_NEGATIVE,
