@@ -14,6 +14,7 @@ from rakuten_common.bundle import PreprocessingSpec, save_bundle
 from rakuten_common.labels import LabelMap
 from rakuten_common.preprocessing import product_text
 from rakuten_common.synthetic import make_text
+from tests.support.tiers import starts
 from training_job.config import ModelConfig
 from training_job.training import wide
 from training_job.training.model import WIDE_LAYER, build_model, vocabulary
@@ -29,6 +30,7 @@ def text_input(texts) -> dict:
 
 
 @pytest.fixture(scope="module")
+@starts("training")
 def trained(tmp_path_factory):
     """A text-only wide & deep model on generated texts: wide part solved, deep part trained
     briefly, fusion fitted on validation rows; saved as a bundle."""
