@@ -103,6 +103,15 @@ class TrainingRun:
                 pass
 
 
+def record(what: str, function, *args, **kwargs) -> None:
+    """``function(*args, **kwargs)`` (an MLflow logging call) through the current ``TrainingRun``:
+    bounded and best effort, skipped once tracking is down; outside a job, only in an active run."""
+    if TrainingRun.current is not None:
+        TrainingRun.current.call(what, function, *args, **kwargs)
+    elif mlflow.active_run():
+        function(*args, **kwargs)
+
+
 class EpochMetrics(keras.callbacks.Callback):
     """Each epoch's metrics to the current ``TrainingRun`` (synchronously, bounded, best effort)."""
 

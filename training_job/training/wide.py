@@ -32,6 +32,7 @@ from sklearn.metrics import f1_score
 from sklearn.svm import LinearSVC
 
 from training_job.config import WIDE_REGULARISERS, ModelConfig
+from training_job.training import tracking
 from training_job.training.model import (
     DEEP_LOGITS_LAYER,
     OUTPUT_LAYER,
@@ -132,9 +133,9 @@ def fit_wide(model: keras.Model, config: ModelConfig, texts: np.ndarray, targets
     fit = WideFit(solver, regulariser, best_score, scores, time.monotonic() - started)
     logger.info("Wide part: %s with C %g on %d TF-IDF features (validation weighted F1 %.4f, %.0f s)",
                 solver, regulariser, train_rows.shape[1], best_score, fit.seconds)
-    if mlflow.active_run():
-        mlflow.log_params({"wide.solver": solver, "wide.regulariser": regulariser})
-        mlflow.log_metrics({"val_wide_weighted_f1": best_score, "wide_seconds": fit.seconds})
+    tracking.record("logging the wide part", mlflow.log_params, {"wide.solver": solver, "wide.regulariser": regulariser})
+    tracking.record("logging the wide part", mlflow.log_metrics,
+                    {"val_wide_weighted_f1": best_score, "wide_seconds": fit.seconds})
     return fit
 
 
@@ -192,9 +193,8 @@ def fit_fusion(model: keras.Model, inputs, targets: np.ndarray) -> FusionFit:
     logger.info("Wide & deep on the validation split: weighted F1 deep alone %.4f, wide alone %.4f, fused %.4f "
                 "(fused logits %.3f x deep + %.3f x wide)", fusion.deep_weighted_f1, fusion.wide_weighted_f1,
                 fusion.fused_weighted_f1, fusion.deep_scale, fusion.wide_scale)
-    if mlflow.active_run():
-        mlflow.log_metrics({"val_deep_weighted_f1": fusion.deep_weighted_f1,
-                            "val_fused_weighted_f1": fusion.fused_weighted_f1,
-                            "fusion_deep_scale": fusion.deep_scale, "fusion_wide_scale": fusion.wide_scale})
+    tracking.record("logging the fusion", mlflow.log_metrics,
+                    {"val_deep_weighted_f1": fusion.deep_weighted_f1, "val_fused_weighted_f1": fusion.fused_weighted_f1,
+                     "fusion_deep_scale": fusion.deep_scale, "fusion_wide_scale": fusion.wide_scale})
     check_fusion(fusion)
     return fusion
