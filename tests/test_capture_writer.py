@@ -1,6 +1,8 @@
-"""The capture writer (model_server.capture) in-process against the real S3 API server (moto_server)
-and a local folder: records and images written and readable, images stored once, files never
-overwritten, hashes-only mode, the byte bound dropping and counting, an unreachable endpoint."""
+"""The capture writer (model_server.capture) against the real S3 API server (moto_server) and a local
+folder: records and images written and readable, images stored once, files never overwritten,
+hashes-only mode, the byte bound dropping and counting, an unreachable endpoint. Against S3 the
+batches go through the writer process the server uses (model_server.capture_process); against
+a folder, through ``CaptureFiles`` in this process (the fast tier starts no process)."""
 from __future__ import annotations
 
 import gzip
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from model_server.capture import Capture, CaptureWriter, open_capture_store
+from model_server.capture import Capture, CaptureFiles, CaptureWriter, WriterProcess, open_capture_store
 from model_server.codec import Products
 from model_server.settings import CaptureSettings
 from rakuten_common import captures
@@ -43,8 +45,15 @@ def answers(n: int):
     return codes, probabilities
 
 
+NAME = "pod-a-20261203T000000"
+
+
 def capture(uri: str, model: str = MODEL, **changes) -> Capture:
-    writer = CaptureWriter(open_capture_store(uri), settings(uri, **changes), model, name="pod-a-20261203T000000")
+    """A started capture: S3 through a writer process, a folder through ``CaptureFiles`` in process."""
+    content = changes.get("content", "full")
+    sink = (WriterProcess(uri, content, NAME) if uri.startswith("s3://")
+            else CaptureFiles(open_capture_store(uri), content, NAME))
+    writer = CaptureWriter(sink, settings(uri, **changes), model)
     writer.start()
     return Capture(writer, settings(uri, **changes).sample_rate)
 
@@ -102,7 +111,7 @@ def test_hashes_only_mode_keeps_text_and_images_out(bucket):
 
 def test_a_file_is_never_overwritten(bucket):
     store = open_capture_store(bucket)
-    taken = captures.records_key(captures.utc_now()[:10], "pod-a-20261203T000000", 0)
+    taken = captures.records_key(captures.utc_now()[:10], NAME, 0)
     store.put_bytes(taken, b"someone else's file")
     cap = capture(bucket, model="capture-names")
     cap.observe("req-n", products(2), *answers(2), "v1")
@@ -166,3 +175,40 @@ def test_sampling_takes_about_the_rate(tmp_path):
         cap.observe(f"req-{i}", products(10), *answers(10), "v1")
     assert cap.close(30)
     assert 50 <= count("written", "capture-rate") <= 150  # 100 expected of 400
+
+
+def test_the_writer_process_runs_at_the_lowest_priority_and_is_restarted_when_it_dies(bucket, caplog):
+    """The child that does the writing yields the CPU to serving (niceness 19); killed, its batch is
+    counted as failed with a WARNING and the next batch gets a new child."""
+    import os
+    import signal
+
+    sink = WriterProcess(bucket, "full", NAME)
+    sink.start()
+    try:
+        first = sink._process.pid
+        assert sink.write(sampled(3)).written == 3  # the child has set its niceness before its first batch
+        assert os.getpriority(os.PRIO_PROCESS, first) == 19
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: not sink._process.is_alive(), 20, "the killed writer to end", interval=0.1)
+        lost = sink.write(sampled(2))  # the dead child is noticed and replaced before the batch is sent
+        assert lost.written == 2 and sink._process.pid != first
+        second = sink._process.pid
+        os.kill(second, signal.SIGSTOP)  # a child that hangs: the backstop timeout kills it
+        sink.timeout = 1.0
+        hung = sink.write(sampled(4))
+        assert hung.failed == 4 and hung.files_failed == 1 and "writer process failed" in hung.problems[0]
+        sink.timeout = 120.0  # a new child imports boto3 before it answers
+        assert sink.write(sampled(1)).written == 1 and sink._process.pid not in (first, second)
+    finally:
+        sink.close()
+    store = open_capture_store(bucket)
+    assert len(read_all(store)) == 3 + 2 + 1
+    assert len({parse_records_key(o.key).seq for o in store.list_objects("captures")}) == 3
+
+
+def sampled(n: int) -> list:
+    from model_server.capture import Sampled
+
+    return [Sampled(f"req-{i}", 1000 + i, f"Lampe {i}", "", b"\xff\xd8 image %d" % i, [(10, 0.9)], "v1",
+                    time.time(), 100) for i in range(n)]

@@ -56,7 +56,7 @@ def trained(tmp_path_factory):
 
 def test_the_wide_layer_is_the_solver_on_the_model_s_own_tfidf(trained):
     model, texts, targets, train, val, fitted, _, _ = trained
-    features = wide.tfidf_rows(model, texts)
+    features = wide.wide_rows(model, texts)
     estimator = wide.solve(fitted.solver, fitted.regulariser, features[train], targets[train], seed=0)
     _, wide_logits = wide.part_logits(model, text_input(texts[val]))
     np.testing.assert_allclose(wide_logits, estimator.decision_function(features[val]), atol=1e-4)

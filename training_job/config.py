@@ -33,6 +33,20 @@ def increment_selection(text: str) -> str:
     return value
 
 
+def ngram_range(text: str) -> tuple[int, ...]:
+    """``--wide-char-ngrams``: ``MIN-MAX`` character n-gram lengths (``3-5``), a single length, or
+    ``none`` (the empty tuple)."""
+    value = text.strip().lower()
+    if value == "none":
+        return ()
+    match = re.fullmatch(r"(\d+)(?:-(\d+))?", value)
+    low, high = (int(match[1]), int(match[2] or match[1])) if match else (0, 0)
+    if not 1 <= low <= high <= 8:
+        raise argparse.ArgumentTypeError(f"{text!r} is not none or MIN-MAX character n-gram lengths between 1 and 8 "
+                                         "(e.g. 3-5)")
+    return tuple(range(low, high + 1))
+
+
 #: Thread pools default to the container's CPU limit (rakuten_common.cpu), not the node's cores;
 #: read when the parser is built, so CPU_LIMIT set by then counts.
 _CPU_LIMIT = "the CPU limit (CPU_LIMIT, cgroup quota or usable CPUs)"
@@ -66,6 +80,12 @@ class ModelConfig:
                               help="text branch's wide part: a linear layer on the TF-IDF n-grams whose weights this "
                                    "convex solver fits on the training split (regulariser chosen on the validation "
                                    "split), its logits fused with the deep branches' (none: deep branches only)")
+    wide_char_ngrams: tuple[int, ...] = option((3, 4, 5), env="WIDE_CHAR_NGRAMS", type=ngram_range,
+                                               metavar="MIN-MAX|none", shown="3-5",
+                                               help="character n-gram lengths the wide part reads beside the word "
+                                                    "n-grams (a second in-graph TF-IDF bag; none: words only)")
+    wide_char_tokens: int = option(150_000, env="WIDE_CHAR_TOKENS", type=AT_LEAST_ONE,
+                                   help="the wide part's character n-grams: the most frequent kept")
     num_classes: int = 27
     text_ngrams: int = 2
     text_units: int = 256

@@ -2,17 +2,24 @@
 linear baseline is, and its fusion with the deep branches.
 
 1. ``fit_wide``, before the deep part trains: the model's own TF-IDF rows of the training split
-   (its vocabulary and idf, so the features are exactly the ones served) go to a convex solver
+   (word 1-2-grams, and character n-grams with ``--wide-char-ngrams``: the model's vocabularies
+   and idf, so the features are exactly the ones served) go to a convex solver
    (scikit-learn ``LinearSVC`` or multinomial ``LogisticRegression``, balanced class weights);
    its regulariser C is chosen on the validation split, and the coefficients become the frozen
    ``text_wide`` layer's kernel and bias.
 2. The deep part trains with the fusion at "deep alone" (``LogitFusion``'s initial weights).
    The wide part is not in the loss: fitted on the training rows, it nearly memorises them, and
    the deep part would learn nothing beside it.
-3. ``fit_fusion``, after: ``softmax(a * deep + b * wide + c)`` with ``a, b >= 0`` and a class
-   bias ``c`` fitted by minimising the cross-entropy on the validation split (a 29-parameter
-   convex problem, L-BFGS), where neither part has seen the labels; ``check_fusion`` logs a
-   warning if the fused model scores below the wide part alone there.
+3. ``fit_fusion``, after, on the validation split (where neither part has seen the labels):
+   ``softmax(t * (share * deep / spread_deep + (1 - share) * wide / spread_wide))``. The deep
+   part's ``share`` (each part's logits first divided by their spread) is the one of
+   ``DEEP_SHARES`` with the best validation weighted F1, the metric the model is judged by (0:
+   the wide part alone, 1: the deep part alone, so the fused model is never below either part
+   there); then the temperature ``t`` minimises the validation cross-entropy, which leaves the
+   answers as they are and makes the probabilities honest. Fitting both weights by
+   cross-entropy instead (the first design) gave the better-calibrated deep part too much
+   weight: on 9,450 unseen real products it scored 0.775 where the wide part alone scored 0.782.
+   ``check_fusion`` logs a warning if the fused model scores below the wide part alone there.
 
 Both steps log to the active MLflow run: the solver, its C and each part's validation score.
 """
@@ -33,18 +40,15 @@ from sklearn.svm import LinearSVC
 
 from training_job.config import WIDE_REGULARISERS, ModelConfig
 from training_job.training import tracking
-from training_job.training.model import (
-    DEEP_LOGITS_LAYER,
-    OUTPUT_LAYER,
-    TFIDF_LAYER,
-    VECTORIZER_LAYER,
-    WIDE_LAYER,
-)
+from training_job.training.model import DEEP_LOGITS_LAYER, OUTPUT_LAYER, WIDE_LAYER
 
 logger = logging.getLogger("rakuten.training")
 
 #: Bias of a class the training split does not hold (the wide part never predicts it).
 ABSENT_CLASS_BIAS = -10.0
+#: The deep part's shares of the fused logits tried on the validation split (each part scaled to
+#: unit spread first); ties go to the smaller share.
+DEEP_SHARES = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
 
 
 @dataclass
@@ -67,18 +71,22 @@ class FusionFit:
     fused_weighted_f1: float
     deep_scale: float
     wide_scale: float
+    deep_share: float = float("nan")
 
 
-def tfidf_rows(model: keras.Model, texts: np.ndarray, batch_size: int = 4096) -> scipy.sparse.csr_matrix:
-    """The model's own TF-IDF vectors of ``texts`` (inference mode) as a SciPy CSR matrix."""
-    vectorizer, tfidf = model.get_layer(VECTORIZER_LAYER), model.get_layer(TFIDF_LAYER)
+def wide_rows(model: keras.Model, texts: np.ndarray, batch_size: int = 4096) -> scipy.sparse.csr_matrix:
+    """What the model's wide layer reads for ``texts`` (its TF-IDF rows, inference mode) as a SciPy
+    CSR matrix."""
+    layer = model.get_layer(WIDE_LAYER)
+    features = keras.Model(model.get_layer("text").output, layer.input)
+    depth = layer.input.shape[-1]
     parts = []
     for start in range(0, len(texts), batch_size):
         chunk = tf.constant(np.asarray(texts[start:start + batch_size], dtype=str).reshape(-1, 1))
-        rows = tfidf(vectorizer(chunk), training=False)
+        rows = features(chunk, training=False)
         indices = rows.indices.numpy()
         parts.append(scipy.sparse.csr_matrix((rows.values.numpy(), (indices[:, 0], indices[:, 1])),
-                                             shape=(len(chunk), tfidf.depth)))
+                                             shape=(len(chunk), depth)))
     return scipy.sparse.vstack(parts).tocsr()
 
 
@@ -119,7 +127,7 @@ def fit_wide(model: keras.Model, config: ModelConfig, texts: np.ndarray, targets
     solver = config.wide_solver
     if solver not in WIDE_REGULARISERS:
         raise ValueError(f"unknown wide solver {solver!r}: use one of {sorted(WIDE_REGULARISERS)} or 'none'")
-    train_rows, val_rows = tfidf_rows(model, texts[train]), tfidf_rows(model, texts[val])
+    train_rows, val_rows = wide_rows(model, texts[train]), wide_rows(model, texts[val])
     scores, best, best_score = {}, None, -1.0
     for regulariser in WIDE_REGULARISERS[solver]:
         estimator = solve(solver, regulariser, train_rows, targets[train], seed)
@@ -133,7 +141,11 @@ def fit_wide(model: keras.Model, config: ModelConfig, texts: np.ndarray, targets
     fit = WideFit(solver, regulariser, best_score, scores, time.monotonic() - started)
     logger.info("Wide part: %s with C %g on %d TF-IDF features (validation weighted F1 %.4f, %.0f s)",
                 solver, regulariser, train_rows.shape[1], best_score, fit.seconds)
-    tracking.record("logging the wide part", mlflow.log_params, {"wide.solver": solver, "wide.regulariser": regulariser})
+    lengths = config.wide_char_ngrams
+    chars = f"{min(lengths)}-{max(lengths)}" if lengths else "none"
+    tracking.record("logging the wide part", mlflow.log_params,
+                    {"wide.solver": solver, "wide.regulariser": regulariser, "wide.char_ngrams": chars,
+                     "wide.features": train_rows.shape[1]})
     tracking.record("logging the wide part", mlflow.log_metrics,
                     {"val_wide_weighted_f1": best_score, "wide_seconds": fit.seconds})
     return fit
@@ -146,28 +158,31 @@ def part_logits(model: keras.Model, inputs) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(deep, "float64"), np.asarray(wide, "float64")
 
 
-def fusion_weights(deep: np.ndarray, wide: np.ndarray, targets: np.ndarray,
-                   bias_penalty: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
-    """``(a, b), c`` minimising the mean cross-entropy of ``softmax(a * deep + b * wide + c)``
-    against ``targets`` (class indices), ``a, b >= 0``, a small L2 penalty on ``c``."""
-    n, classes = deep.shape
-    onehot = np.zeros((n, classes))
-    onehot[np.arange(n), targets] = 1.0
+def spread(logits: np.ndarray) -> float:
+    """The typical size of a part's logits: the mean over rows of their standard deviation."""
+    return float(np.mean(np.std(logits, axis=1))) or 1.0
 
-    def loss(theta):
-        a, b, c = theta[0], theta[1], theta[2:]
-        z = a * deep + b * wide + c
-        z -= z.max(axis=1, keepdims=True)
-        log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-        error = (np.exp(log_p) - onehot) / n
-        value = -(onehot * log_p).sum() / n + bias_penalty * (c @ c)
-        grad = np.concatenate([[(error * deep).sum(), (error * wide).sum()], error.sum(axis=0) + 2 * bias_penalty * c])
-        return value, grad
 
-    start = np.concatenate([[1.0, 1.0], np.zeros(classes)])
-    bounds = [(0.0, None), (0.0, None)] + [(None, None)] * classes
-    theta = scipy.optimize.minimize(loss, start, jac=True, method="L-BFGS-B", bounds=bounds).x
-    return theta[:2], theta[2:]
+def temperature(logits: np.ndarray, targets: np.ndarray) -> float:
+    """The ``t > 0`` minimising the mean cross-entropy of ``softmax(t * logits)`` against ``targets``."""
+    rows = np.arange(len(targets))
+
+    def loss(log_t: float) -> float:
+        z = np.exp(log_t) * logits
+        z = z - z.max(axis=1, keepdims=True)
+        return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[rows, targets]))
+
+    return float(np.exp(scipy.optimize.minimize_scalar(loss, bounds=(-5.0, 5.0), method="bounded").x))
+
+
+def fusion_weights(deep: np.ndarray, wide: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, float, dict]:
+    """``(a, b)`` for ``softmax(a * deep + b * wide)``, the deep part's share, and the validation
+    weighted F1 of each share tried (see the module docstring)."""
+    deep_unit, wide_unit = deep / spread(deep), wide / spread(wide)
+    scores = {share: weighted_f1(targets, share * deep_unit + (1 - share) * wide_unit) for share in DEEP_SHARES}
+    share = max(DEEP_SHARES, key=lambda s: (scores[s], -s))
+    t = temperature(share * deep_unit + (1 - share) * wide_unit, targets)
+    return np.array([t * share / spread(deep), t * (1 - share) / spread(wide)]), share, scores
 
 
 def check_fusion(fusion: FusionFit) -> bool:
@@ -185,16 +200,18 @@ def fit_fusion(model: keras.Model, inputs, targets: np.ndarray) -> FusionFit:
     """Fit the output's fusion of the deep and wide logits on validation ``inputs`` (a dataset of
     the validation rows, in order) and ``targets``, load it into the model and check it."""
     deep, wide = part_logits(model, inputs)
-    scale, bias = fusion_weights(deep, wide, targets)
-    model.get_layer(OUTPUT_LAYER).set_fusion(scale, bias)
-    fused = scale[0] * deep + scale[1] * wide + bias
-    fusion = FusionFit(weighted_f1(targets, deep), weighted_f1(targets, wide), weighted_f1(targets, fused),
-                       float(scale[0]), float(scale[1]))
+    scale, share, scores = fusion_weights(deep, wide, targets)
+    model.get_layer(OUTPUT_LAYER).set_fusion(scale, np.zeros(deep.shape[1]))
+    fusion = FusionFit(weighted_f1(targets, deep), weighted_f1(targets, wide), scores[share],
+                       float(scale[0]), float(scale[1]), share)
+    logger.info("Wide & deep fusion, validation weighted F1 by the deep part's share: %s",
+                ", ".join(f"{s:g}: {f1:.4f}" for s, f1 in scores.items()))
     logger.info("Wide & deep on the validation split: weighted F1 deep alone %.4f, wide alone %.4f, fused %.4f "
-                "(fused logits %.3f x deep + %.3f x wide)", fusion.deep_weighted_f1, fusion.wide_weighted_f1,
-                fusion.fused_weighted_f1, fusion.deep_scale, fusion.wide_scale)
+                "(deep share %g; fused logits %.3f x deep + %.3f x wide)", fusion.deep_weighted_f1,
+                fusion.wide_weighted_f1, fusion.fused_weighted_f1, share, fusion.deep_scale, fusion.wide_scale)
     tracking.record("logging the fusion", mlflow.log_metrics,
                     {"val_deep_weighted_f1": fusion.deep_weighted_f1, "val_fused_weighted_f1": fusion.fused_weighted_f1,
-                     "fusion_deep_scale": fusion.deep_scale, "fusion_wide_scale": fusion.wide_scale})
+                     "fusion_deep_share": share, "fusion_deep_scale": fusion.deep_scale,
+                     "fusion_wide_scale": fusion.wide_scale})
     check_fusion(fusion)
     return fusion
