@@ -156,6 +156,7 @@ def test_a_full_queue_drops_and_counts_without_waiting(tmp_path):
     assert len(read_all(open_capture_store(str(tmp_path)))) == 3
 
 
+@pytest.mark.process  # an s3:// capture starts the writer process
 def test_an_unreachable_store_fails_fast_and_counts(monkeypatch, caplog):
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
