@@ -14,7 +14,7 @@ write that never replaces a file: ``model_server.capture_files``). A file is wri
 waited ``--capture_flush_seconds``, and at shutdown (after the SIGTERM drain, every answered
 request's sampled products are written before the process exits). Under a server that
 saturates its CPU the writer process gets little of it, the queue fills and records are
-dropped and counted: capture at any rate costs serving the request path's few microseconds.
+dropped and counted (measured costs, which the writer's priority does not bring to zero: docs/capture.md).
 ``--capture_content hashes`` keeps text and images out: records hold their SHA-256 only.
 
 An unreachable store costs the server nothing but the records: a batch that cannot be written
