@@ -8,9 +8,16 @@ One real ``python -m model_server`` per (round, rate), capturing to a real S3 AP
 (files every 2 s, so that the writing falls inside the measured window),
 driven by the serving benchmark's closed-loop client (its own process, one product per request).
 Rounds alternate the order (off, 0.1, 1.0, then 1.0, 0.1, off ...) so that the machine's drift
-falls on every rate alike; the table gives each rate's mean and its ratio to capture off.
+falls on every rate alike; the table gives each rate's mean, and its ratio to capture off taken
+round by round (each pair of servers ran minutes apart at most) as mean ± standard error.
 ``--products`` distinct products (each image new to a fresh server until it has seen them all),
 so that image uploads are part of the cost, not only record files.
+
+The S3 API server stands in for a MinIO on other machines: in a cluster its CPU is not the
+predictor's. Here it shares the same cores, so by default it runs in the kernel's idle scheduling
+class (``chrt --idle``: it gets the CPU serving leaves idle, as the capture writer process does);
+``--s3-priority normal`` makes it compete with the server as an equal. Its CPU seconds in each run
+are in the table either way.
 """
 from __future__ import annotations
 
@@ -27,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 from benchmarks.serving.closed_loop import run_client, write_requests
 from benchmarks.serving.common import log, process_cpu_seconds
 from benchmarks.serving.metrics import scrape
-from benchmarks.serving.servers import running_model_server, s3_api_server
+from benchmarks.serving.servers import running_model_server, s3_api_process
 from benchmarks.serving.settings import CommonSettings, float_list, parse
 from rakuten_common.options import AT_LEAST_ONE, option
 
@@ -43,6 +50,9 @@ class CaptureCostSettings(CommonSettings):
     concurrency: int = option(32, type=AT_LEAST_ONE, help="closed-loop clients")
     capture_content: str = option("full", choices=("full", "hashes"), help="--capture_content of the servers")
     products: int = option(1000, help="distinct products (images new to each server until all were sent)")
+    s3_priority: str = option("idle", choices=("idle", "normal"),
+                              help="CPU priority of the S3 API server (a stand-in for a MinIO on other machines): "
+                                   "idle (SCHED_IDLE), or normal (competes with the server)")
 
     def resolved(self) -> CaptureCostSettings:
         """``--quick``: one short round, a smoke check."""
@@ -96,8 +106,8 @@ def label(rate: float) -> str:
     return "off" if rate == 0 else f"{rate:g}"
 
 
-def measure(settings: CaptureCostSettings, model_dir: Path, workdir: Path, s3_env: dict, rate: float,
-            run: int) -> dict:
+def measure(settings: CaptureCostSettings, model_dir: Path, workdir: Path, s3_env: dict, s3_pid: int,
+            rate: float, run: int) -> dict:
     """One server at ``rate``: the client's cell and the capture counters."""
     args = shlex.split(settings.server_args)
     if rate > 0:
@@ -106,19 +116,22 @@ def measure(settings: CaptureCostSettings, model_dir: Path, workdir: Path, s3_en
                  f"--capture_content={settings.capture_content}", "--capture_flush_seconds=2"]
     with running_model_server(str(model_dir), workdir / f"server-{run}-{label(rate)}.log", args,
                               batch_size=32, env=s3_env) as (server, _):
+        s3_cpu = process_cpu_seconds(s3_pid)
         (cell,) = run_client(workdir, server.url, server.pid, [(settings.payload, settings.concurrency)],
                              settings.duration, settings.warmup, settings.top_k,
                              timeout=settings.duration + settings.warmup + 300)
         metrics = scrape(server.url)
         writer_cpu = children_cpu_seconds(server.pid)
+        s3_cpu = process_cpu_seconds(s3_pid) - s3_cpu
     counts = {outcome: metrics.total("rakuten_capture_records_total", outcome=outcome) or 0
               for outcome in ("written", "dropped", "failed")}
     log.info("  capture %-4s %7.1f req/s  p50 %6.1f  p99 %6.1f ms  server %.2f ms CPU/request  errors %d  "
-             "records written %d dropped %d failed %d  writer process %.1f s CPU", label(rate), cell.throughput,
-             cell.p50_ms, cell.p99_ms, cell.server_cpu_ms_per_request, cell.errors, counts["written"],
-             counts["dropped"], counts["failed"], writer_cpu)
+             "records written %d dropped %d failed %d  writer process %.1f s CPU  S3 server %.1f s CPU", label(rate),
+             cell.throughput, cell.p50_ms, cell.p99_ms, cell.server_cpu_ms_per_request, cell.errors, counts["written"],
+             counts["dropped"], counts["failed"], writer_cpu, s3_cpu)
     return {"rate": rate, "throughput": cell.throughput, "p50_ms": cell.p50_ms, "p99_ms": cell.p99_ms,
-            "cpu_ms": cell.server_cpu_ms_per_request, "errors": cell.errors, "writer_cpu_s": writer_cpu, **counts}
+            "cpu_ms": cell.server_cpu_ms_per_request, "errors": cell.errors, "writer_cpu_s": writer_cpu,
+            "s3_cpu_s": s3_cpu, **counts}
 
 
 def children_cpu_seconds(pid: int) -> float:
@@ -132,22 +145,34 @@ def children_cpu_seconds(pid: int) -> float:
     return sum(process_cpu_seconds(int(child)) for child in children)
 
 
+def paired(results: list[dict], rate: float, base: float, key: str) -> str:
+    """``key`` at ``rate`` over ``key`` at ``base``, each round's pair (run next to each other, so the
+    machine's drift over minutes cancels): their mean ± its standard error (± 0 for one round)."""
+    ratios = []
+    for round_ in sorted({r["round"] for r in results}):
+        (at_rate,) = (r[key] for r in results if r["round"] == round_ and r["rate"] == rate)
+        (at_base,) = (r[key] for r in results if r["round"] == round_ and r["rate"] == base)
+        ratios.append(at_rate / at_base)
+    error = statistics.stdev(ratios) / len(ratios) ** 0.5 if len(ratios) > 1 else 0.0
+    return f"{statistics.fmean(ratios):.3f} ± {error:.3f}"
+
+
 def table(results: list[dict], rates: tuple[float, ...]) -> str:
     def mean(rate, key):
         return statistics.fmean(r[key] for r in results if r["rate"] == rate)
 
     base = rates[0]
     lines = ["| capture | req/s | p99 ms | server CPU ms/req | req/s vs off | p99 vs off | records written / dropped "
-             "| writer process CPU s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| writer process CPU s | S3 server CPU s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for rate in rates:
         runs = [r for r in results if r["rate"] == rate]
         per_run = " / ".join(f"{r['throughput']:.1f}" for r in runs)
         lines.append(f"| {label(rate)} | {mean(rate, 'throughput'):.1f} ({per_run}) | {mean(rate, 'p99_ms'):.1f} | "
-                     f"{mean(rate, 'cpu_ms'):.2f} | {mean(rate, 'throughput') / mean(base, 'throughput'):.3f} | "
-                     f"{mean(rate, 'p99_ms') / mean(base, 'p99_ms'):.3f} | "
+                     f"{mean(rate, 'cpu_ms'):.2f} | {paired(results, rate, base, 'throughput')} | "
+                     f"{paired(results, rate, base, 'p99_ms')} | "
                      f"{sum(r['written'] for r in runs):.0f} / {sum(r['dropped'] for r in runs):.0f} | "
-                     f"{sum(r['writer_cpu_s'] for r in runs):.1f} |")
+                     f"{sum(r['writer_cpu_s'] for r in runs):.1f} | {sum(r['s3_cpu_s'] for r in runs):.1f} |")
     return "\n".join(lines)
 
 
@@ -170,17 +195,18 @@ def main(argv: list[str] | None = None) -> int:
              settings.duration, settings.rounds)
     write_requests(workdir, {settings.payload: [encode([p], settings.top_k, settings.payload) for p in products]})
     results = []
-    with s3_api_server(workdir / "moto.log") as s3_env:
+    with s3_api_process(workdir / "moto.log", settings.s3_priority == "idle") as (s3_env, s3_pid):
         boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1",
                      aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket="bench-captures")
         costs = in_process(products[:300], s3_env, settings.capture_content)
         run = 0
         for round_ in range(settings.rounds):
             for rate in (settings.rates if round_ % 2 == 0 else tuple(reversed(settings.rates))):
-                results.append(measure(settings, model_dir, workdir, s3_env, rate, run))
+                results.append({**measure(settings, model_dir, workdir, s3_env, s3_pid, rate, run), "round": round_})
                 run += 1
     print(f"\nCapture cost, {settings.payload} c={settings.concurrency}, {settings.duration:g} s per server, "
-          f"{settings.rounds} round(s), {described['count']} distinct products:\n")
+          f"{settings.rounds} round(s), {described['count']} distinct products, S3 server at "
+          f"{settings.s3_priority} priority:\n")
     print(table(results, settings.rates), flush=True)
     print(f"\nIn process: the request path costs {costs['request_path_us']:.1f} us per captured product; the "
           f"writer process {costs['writer_cpu_ms']:.2f} ms of CPU per record ({settings.capture_content} content, "

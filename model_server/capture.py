@@ -99,8 +99,7 @@ class CaptureWriter:
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
-        if isinstance(self.sink, WriterProcess):
-            self.sink.start()
+        self.sink.start()
         self._thread.start()
         logger.info("Capturing %g of the products to %s (%s content; queue %d bytes, files of up to %d records, "
                     "flushed every %g s)", self.settings.sample_rate, self.sink, self.settings.content,

@@ -145,6 +145,9 @@ class CaptureFiles:
         if len(self._recent) > RECENT_IMAGES:
             self._recent.popitem(last=False)
 
+    def start(self) -> None:
+        """Nothing to start in process (the process sink's ``start`` starts its process)."""
+
     def close(self) -> None:
         """Nothing to release in process (the process sink's ``close`` stops its process)."""
 

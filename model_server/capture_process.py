@@ -2,14 +2,17 @@
 
 Writing captures costs CPU: hashing and gzip, and above all the S3 client's work for each new
 image (2-3 ms of boto3 a PUT, a third of what serving the request cost). In the server's process
-that CPU, and the GIL with it, would be taken from serving. In a child process at niceness 19 the
-kernel gives the writer the CPU serving leaves idle and little more: when serving saturates the
-CPU, the writer falls behind, the server's byte-bounded queue fills and its records are dropped
-and counted. Capture yields to serving, never the reverse.
+that CPU, and the GIL with it, would be taken from serving. The child runs in the kernel's idle
+scheduling class (``SCHED_IDLE``, every thread, from its start): it gets the CPU serving leaves
+idle, and a serving thread that wakes up takes the CPU from it at once. When serving saturates
+the CPU the writer falls behind, the server's byte-bounded queue fills and its records are
+dropped and counted. Capture yields to serving, never the reverse.
 
 The server's writer thread sends one batch at a time over a pipe and waits (without the GIL) for
-its ``Outcome``. A child that dies or stops answering is killed and started again for the next
-batch (the batch it held counted as failed); file numbers go on from where the last one stopped.
+its ``Outcome``. A child that dies, or holds a batch for ``STUCK_SECONDS`` without using any CPU
+(stopped, or deadlocked; a starved child still gets some now and then: it is slow, not stuck), is
+killed and started again for the next batch (the batch it held counted as failed); file numbers
+go on from where the last one stopped.
 """
 from __future__ import annotations
 
@@ -17,17 +20,21 @@ import logging
 import multiprocessing
 import os
 import signal
+import time
+from pathlib import Path
 from typing import Any
 
 from model_server.capture_files import CaptureFiles, Outcome, Sampled, open_capture_store
 
 logger = logging.getLogger("rakuten.capture")
 
-#: The writer's niceness: the kernel's lowest CPU priority (CPU weight 15 against serving's 1024).
+#: The writer's niceness: its priority where the idle scheduling class cannot be set.
 WRITER_NICENESS = 19
-#: Seconds one batch may take before the child is taken for stuck and killed (a batch's images and
-#: file are each bounded by the S3 client's short timeouts; this is the backstop).
-BATCH_TIMEOUT = 300.0
+#: Seconds the child may hold a batch without using any CPU before it is taken for stuck and killed
+#: (each S3 call is bounded by the client's short timeouts: this is the backstop).
+STUCK_SECONDS = 120.0
+#: Seconds between two looks at the child's CPU time while it holds a batch.
+PROGRESS_INTERVAL = 5.0
 
 
 def serve(conn, uri: str, content: str, name: str, seq: int, niceness: int) -> None:
@@ -37,10 +44,7 @@ def serve(conn, uri: str, content: str, name: str, seq: int, niceness: int) -> N
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the server says when to stop
     configure_logging()
-    try:
-        os.nice(niceness)
-    except OSError as exc:
-        logger.warning("capture writer: niceness %d not set (%s): it competes with serving for CPU", niceness, exc)
+    lower_priority(own_threads(), niceness)  # the threads libraries started before the server set it
     files = CaptureFiles(open_capture_store(uri), content, name, seq)
     while True:
         try:
@@ -58,12 +62,46 @@ def serve(conn, uri: str, content: str, name: str, seq: int, niceness: int) -> N
         conn.send(outcome)
 
 
+def lower_priority(threads: list[int], niceness: int) -> bool:
+    """Give ``threads`` (thread ids; a process id is its main thread's) the lowest CPU priority: the
+    kernel's idle scheduling class (``SCHED_IDLE``: a serving thread that wakes up takes the CPU
+    from them at once), and ``niceness`` (what counts where the class cannot be set). Both are per
+    thread on Linux and inherited by the threads a thread starts. ``False`` (with a WARNING) if refused."""
+    for tid in threads:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, niceness)
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        except ProcessLookupError:  # a thread that has ended
+            continue
+        except (AttributeError, OSError) as exc:  # not Linux, or refused
+            logger.warning("capture writer: lowest CPU priority not set (%s): it competes with serving for CPU", exc)
+            return False
+    return True
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` (``None`` where ``/proc`` cannot tell)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def own_threads() -> list[int]:
+    """This process's thread ids (``[0]``, this thread, where ``/proc`` is missing)."""
+    try:
+        return [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:
+        return [0]
+
+
 class WriterProcess:
     """A ``CaptureFiles`` for ``uri`` in a child process (see the module docstring): ``write`` a
     batch, get its ``Outcome``."""
 
     def __init__(self, uri: str, content: str, name: str, niceness: int = WRITER_NICENESS,
-                 timeout: float = BATCH_TIMEOUT):
+                 timeout: float = STUCK_SECONDS):
         self.uri, self.content, self.name, self.niceness, self.timeout = uri, content, name, niceness, timeout
         self._seq = 0
         self._process: Any = None  # a multiprocessing Process (spawn context) while one runs
@@ -75,9 +113,11 @@ class WriterProcess:
         self._process = context.Process(target=serve, name="capture-writer", daemon=True,
                                         args=(theirs, self.uri, self.content, self.name, self._seq, self.niceness))
         self._process.start()
+        lower_priority([self._process.pid], self.niceness)  # before it imports: that costs CPU too
         theirs.close()
         self._conn = ours
-        logger.info("Capture writer process %d started (niceness %d)", self._process.pid, self.niceness)
+        logger.info("Capture writer process %d started (idle scheduling class, niceness %d)", self._process.pid,
+                    self.niceness)
 
     def write(self, batch: list[Sampled]) -> Outcome:
         if self._process is None or not self._process.is_alive():
@@ -85,8 +125,7 @@ class WriterProcess:
             self.start()
         try:
             self._conn.send(batch)
-            if not self._conn.poll(self.timeout):
-                raise TimeoutError(f"no answer in {self.timeout:g} s")
+            self._wait_for_answer()
             outcome = self._conn.recv()
         except (OSError, EOFError) as exc:  # TimeoutError is an OSError
             code = self._stop()
@@ -95,6 +134,18 @@ class WriterProcess:
                 "(a new one is started)"])
         self._seq = outcome.next_seq
         return outcome
+
+    def _wait_for_answer(self) -> None:
+        """Return when the child has answered; ``TimeoutError`` once it has gone ``timeout`` seconds
+        without answering or using any CPU (wall time alone where its CPU time cannot be read)."""
+        pid = self._process.pid
+        last_cpu, since = cpu_seconds(pid), time.monotonic()
+        while not self._conn.poll(min(self.timeout, PROGRESS_INTERVAL)):
+            cpu = cpu_seconds(pid)
+            if cpu is not None and cpu != last_cpu:
+                last_cpu, since = cpu, time.monotonic()
+            elif time.monotonic() - since >= self.timeout:
+                raise TimeoutError(f"no answer and no CPU used in {self.timeout:g} s")
 
     def close(self, timeout: float = 10.0) -> None:
         """Let the child finish and exit (it has no batch left: the server's thread waited for each)."""
@@ -120,4 +171,4 @@ class WriterProcess:
         return process.exitcode
 
     def __str__(self) -> str:
-        return f"{self.uri} as {self.name} (writer process, niceness {self.niceness})"
+        return f"{self.uri} as {self.name} (writer process, idle scheduling class)"

@@ -150,8 +150,8 @@ class LocalStore:
         shutil.copyfile(source, destination)
 
     def list_objects(self, prefix: str) -> list[StoredObject]:
-        folder = inside(self.root, prefix.rstrip("/"))
-        return [StoredObject(p.relative_to(self.root).as_posix(), p.stat().st_size, p.stat().st_mtime)
+        folder, root = inside(self.root, prefix.rstrip("/")), self.root.resolve()  # inside() resolves: so must we
+        return [StoredObject(p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime)
                 for p in sorted(folder.rglob("*")) if p.is_file()] if folder.is_dir() else []
 
     def delete_prefix(self, prefix: str) -> int:

@@ -277,3 +277,13 @@ def time_in_hours(hours: float) -> float:
     import time
 
     return time.time() + hours * 3600
+
+
+def test_a_local_store_named_by_a_relative_path_lists_its_keys(tmp_path, monkeypatch):
+    """``open_store("results/x")`` as the make targets give it: keys come back relative to the store
+    (the data-loop demo's review queue once failed on this)."""
+    monkeypatch.chdir(tmp_path)
+    store = open_store("results/captures")
+    store.put_bytes("captures/date=2026-12-04/pod-000000.jsonl.gz", b"x")
+    assert [o.key for o in store.list_objects("captures")] == ["captures/date=2026-12-04/pod-000000.jsonl.gz"]
+    assert store.delete_prefix("captures") == 1

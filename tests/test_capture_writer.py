@@ -179,8 +179,9 @@ def test_sampling_takes_about_the_rate(tmp_path):
 
 
 def test_the_writer_process_runs_at_the_lowest_priority_and_is_restarted_when_it_dies(bucket, caplog):
-    """The child that does the writing yields the CPU to serving (niceness 19); killed, its batch is
-    counted as failed with a WARNING and the next batch gets a new child."""
+    """The child that does the writing yields the CPU to serving (every thread in the idle scheduling
+    class, at niceness 19); killed, its batch is counted as failed with a WARNING and the next batch
+    gets a new child."""
     import os
     import signal
 
@@ -188,8 +189,11 @@ def test_the_writer_process_runs_at_the_lowest_priority_and_is_restarted_when_it
     sink.start()
     try:
         first = sink._process.pid
-        assert sink.write(sampled(3)).written == 3  # the child has set its niceness before its first batch
-        assert os.getpriority(os.PRIO_PROCESS, first) == 19
+        assert sink.write(sampled(3)).written == 3  # the child has set its priority before its first batch
+        threads = [int(tid) for tid in os.listdir(f"/proc/{first}/task")]
+        assert len(threads) > 1  # the S3 client's and the libraries' threads too
+        assert {os.sched_getscheduler(tid) for tid in threads} == {os.SCHED_IDLE}
+        assert {os.getpriority(os.PRIO_PROCESS, tid) for tid in threads} == {19}
         os.kill(first, signal.SIGKILL)
         wait_until(lambda: not sink._process.is_alive(), 20, "the killed writer to end", interval=0.1)
         lost = sink.write(sampled(2))  # the dead child is noticed and replaced before the batch is sent
@@ -206,6 +210,40 @@ def test_the_writer_process_runs_at_the_lowest_priority_and_is_restarted_when_it
     store = open_capture_store(bucket)
     assert len(read_all(store)) == 3 + 2 + 1
     assert len({parse_records_key(o.key).seq for o in store.list_objects("captures")}) == 3
+
+
+@pytest.mark.process  # starts two stand-in processes
+def test_a_writer_using_cpu_is_slow_not_stuck():
+    """The backstop kills a child that holds a batch without using any CPU (stopped, deadlocked),
+    never one that is only slow (starved in the idle class on a busy machine, it still uses some).
+    Stand-ins for the child, whose answer comes after 4 s against a 1 s backstop: a busy process,
+    and a sleeping one."""
+    import multiprocessing
+    import subprocess
+    import sys
+    import threading
+
+    for program, stuck in (("while True: pass", False), ("import time; time.sleep(60)", True)):
+        child = subprocess.Popen([sys.executable, "-c", program])
+        time.sleep(0.5)  # past the interpreter's start, which uses CPU
+        sink = WriterProcess("unused", "full", NAME, timeout=1.0)
+        ours, theirs = multiprocessing.Pipe()
+        sink._process, sink._conn = child, ours
+        answer = threading.Timer(4.0, theirs.send, args=("answered",))
+        answer.daemon = True
+        answer.start()
+        try:
+            if stuck:
+                with pytest.raises(TimeoutError, match="no CPU used in 1 s"):
+                    sink._wait_for_answer()
+                assert answer.is_alive()  # it gave up before the answer came
+            else:
+                sink._wait_for_answer()
+                assert ours.recv() == "answered"
+        finally:
+            answer.cancel()
+            child.kill()
+            child.wait()
 
 
 def sampled(n: int) -> list:

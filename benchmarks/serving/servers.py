@@ -69,13 +69,24 @@ def running_model_server(model_uri: str, log_path: Path, server_args: list[str],
 @contextmanager
 def s3_api_server(log_path: Path):
     """moto's S3 API server on 127.0.0.1 (MinIO's stand-in); yields the client environment."""
+    with s3_api_process(log_path) as (env, _):
+        yield env
+
+
+@contextmanager
+def s3_api_process(log_path: Path, idle: bool = False):
+    """moto's S3 API server on 127.0.0.1; yields ``(client environment, process id)``. ``idle`` runs it
+    in the kernel's idle scheduling class (``chrt --idle``: it gets only CPU nothing else wants): a
+    stand-in for a MinIO on other machines, whose CPU is not the measured server's."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    moto = ServerProcess([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-                         log_path, cwd=REPO)
+    command = [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)]
+    if idle:
+        command = ["chrt", "--idle", "0", *command]  # chrt execs: the process id stays moto's
+    moto = ServerProcess(command, log_path, cwd=REPO)
     try:
         moto.wait_until_ready(f"{url}/moto-api/", timeout=60)
-        yield {**S3_ENV, "AWS_ENDPOINT_URL": url}
+        yield {**S3_ENV, "AWS_ENDPOINT_URL": url}, moto.process.pid
     finally:
         moto.stop()
 
