@@ -115,15 +115,18 @@ class LocalStore:
     def put_file(self, key: str, source: Path) -> None:
         target = inside(self.root, key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.partial")
-        shutil.copyfile(source, partial)
-        os.replace(partial, target)
+        partial = _partial_path(target)
+        try:
+            shutil.copyfile(source, partial)
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
 
     def put_bytes(self, key: str, data: bytes, overwrite: bool = True) -> None:
         """Write ``data`` at ``key`` (atomically); with ``overwrite=False``, ``KeyExists`` if it is taken."""
         target = inside(self.root, key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.partial")
+        partial = _partial_path(target)
         partial.write_bytes(data)
         try:
             if overwrite:
@@ -150,15 +153,39 @@ class LocalStore:
         shutil.copyfile(source, destination)
 
     def list_objects(self, prefix: str) -> list[StoredObject]:
+        """Complete objects under ``prefix``: like S3, a write in progress is not listed."""
         folder, root = inside(self.root, prefix.rstrip("/")), self.root.resolve()  # inside() resolves: so must we
-        return [StoredObject(p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime)
-                for p in sorted(folder.rglob("*")) if p.is_file()] if folder.is_dir() else []
+        if not folder.is_dir():
+            return []
+        found = []
+        for path in sorted(folder.rglob("*")):
+            if _is_partial(path):
+                continue
+            try:
+                stat = path.stat()
+            except FileNotFoundError:  # deleted while we listed
+                continue
+            if path.is_file():
+                found.append(StoredObject(path.relative_to(root).as_posix(), stat.st_size, stat.st_mtime))
+        return found
 
     def delete_prefix(self, prefix: str) -> int:
         folder = inside(self.root, prefix.rstrip("/"))
         count = len(self.list_objects(prefix))
         shutil.rmtree(folder, ignore_errors=False) if folder.is_dir() else None
         return count
+
+
+_PARTIAL_SUFFIX = ".partial"
+
+
+def _partial_path(target: Path) -> Path:
+    """A hidden name beside ``target`` for writing it, unique to this process and thread."""
+    return target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}{_PARTIAL_SUFFIX}")
+
+
+def _is_partial(path: Path) -> bool:
+    return path.name.startswith(".") and path.name.endswith(_PARTIAL_SUFFIX)
 
 
 def _env_number(name: str, default: float) -> float:

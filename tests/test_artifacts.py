@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -287,3 +288,16 @@ def test_a_local_store_named_by_a_relative_path_lists_its_keys(tmp_path, monkeyp
     store.put_bytes("captures/date=2026-12-04/pod-000000.jsonl.gz", b"x")
     assert [o.key for o in store.list_objects("captures")] == ["captures/date=2026-12-04/pod-000000.jsonl.gz"]
     assert store.delete_prefix("captures") == 1
+
+
+def test_a_local_store_does_not_list_a_write_in_progress(tmp_path):
+    """Like S3, an object is listed once it is complete: a reader polling the listing (the capture
+    tests, the review queue) must never see the hidden file a write goes through (CI once did)."""
+    store = open_store(str(tmp_path))
+    store.put_bytes("captures/a.jsonl.gz", b"done")
+    in_progress = tmp_path / "captures" / f".b.jsonl.gz.{os.getpid()}.1.partial"
+    in_progress.write_bytes(b"half")
+    assert [o.key for o in store.list_objects("captures")] == ["captures/a.jsonl.gz"]
+    store.put_file("captures/c.bin", in_progress)
+    assert [o.key for o in store.list_objects("captures")] == ["captures/a.jsonl.gz", "captures/c.bin"]
+    assert not [p for p in (tmp_path / "captures").iterdir() if p.name.startswith(".") and "c.bin" in p.name]
