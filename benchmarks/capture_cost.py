@@ -49,6 +49,7 @@ class CaptureCostSettings(CommonSettings):
     payload: str = option("binary", choices=("binary", "base64"), help="request form")
     concurrency: int = option(32, type=AT_LEAST_ONE, help="closed-loop clients")
     capture_content: str = option("full", choices=("full", "hashes"), help="--capture_content of the servers")
+    writer_cpu: float = option(0.1, type=float, metavar="CORES", help="--capture_writer_cpu of the servers")
     products: int = option(1000, help="distinct products (images new to each server until all were sent)")
     s3_priority: str = option("idle", choices=("idle", "normal"),
                               help="CPU priority of the S3 API server (a stand-in for a MinIO on other machines): "
@@ -113,7 +114,8 @@ def measure(settings: CaptureCostSettings, model_dir: Path, workdir: Path, s3_en
     if rate > 0:
         # Files every 2 s: the writing happens inside the measured window, not after it.
         args += [f"--capture_uri=s3://bench-captures/run{run}", f"--capture_sample_rate={rate}",
-                 f"--capture_content={settings.capture_content}", "--capture_flush_seconds=2"]
+                 f"--capture_content={settings.capture_content}", f"--capture_writer_cpu={settings.writer_cpu}",
+                 "--capture_flush_seconds=2"]
     with running_model_server(str(model_dir), workdir / f"server-{run}-{label(rate)}.log", args,
                               batch_size=32, env=s3_env) as (server, _):
         s3_cpu = process_cpu_seconds(s3_pid)
@@ -125,13 +127,15 @@ def measure(settings: CaptureCostSettings, model_dir: Path, workdir: Path, s3_en
         s3_cpu = process_cpu_seconds(s3_pid) - s3_cpu
     counts = {outcome: metrics.total("rakuten_capture_records_total", outcome=outcome) or 0
               for outcome in ("written", "dropped", "failed")}
+    budget_wait = metrics.total("rakuten_capture_writer_budget_wait_seconds_total") or 0.0
     log.info("  capture %-4s %7.1f req/s  p50 %6.1f  p99 %6.1f ms  server %.2f ms CPU/request  errors %d  "
-             "records written %d dropped %d failed %d  writer process %.1f s CPU  S3 server %.1f s CPU", label(rate),
+             "records written %d dropped %d failed %d  writer process %.1f s CPU (waited %.1f s for its budget)  "
+             "S3 server %.1f s CPU", label(rate),
              cell.throughput, cell.p50_ms, cell.p99_ms, cell.server_cpu_ms_per_request, cell.errors, counts["written"],
-             counts["dropped"], counts["failed"], writer_cpu, s3_cpu)
+             counts["dropped"], counts["failed"], writer_cpu, budget_wait, s3_cpu)
     return {"rate": rate, "throughput": cell.throughput, "p50_ms": cell.p50_ms, "p99_ms": cell.p99_ms,
             "cpu_ms": cell.server_cpu_ms_per_request, "errors": cell.errors, "writer_cpu_s": writer_cpu,
-            "s3_cpu_s": s3_cpu, **counts}
+            "s3_cpu_s": s3_cpu, "budget_wait_s": budget_wait, **counts}
 
 
 def children_cpu_seconds(pid: int) -> float:
@@ -163,7 +167,7 @@ def table(results: list[dict], rates: tuple[float, ...]) -> str:
 
     base = rates[0]
     lines = ["| capture | req/s | p99 ms | server CPU ms/req | req/s vs off | p99 vs off | records written / dropped "
-             "| writer process CPU s | S3 server CPU s |",
+             "| writer process CPU s (budget waits s) | S3 server CPU s |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for rate in rates:
         runs = [r for r in results if r["rate"] == rate]
@@ -172,7 +176,8 @@ def table(results: list[dict], rates: tuple[float, ...]) -> str:
                      f"{mean(rate, 'cpu_ms'):.2f} | {paired(results, rate, base, 'throughput')} | "
                      f"{paired(results, rate, base, 'p99_ms')} | "
                      f"{sum(r['written'] for r in runs):.0f} / {sum(r['dropped'] for r in runs):.0f} | "
-                     f"{sum(r['writer_cpu_s'] for r in runs):.1f} | {sum(r['s3_cpu_s'] for r in runs):.1f} |")
+                     f"{sum(r['writer_cpu_s'] for r in runs):.1f} ({sum(r.get('budget_wait_s', 0) for r in runs):.0f}) | "
+                     f"{sum(r['s3_cpu_s'] for r in runs):.1f} |")
     return "\n".join(lines)
 
 
@@ -205,8 +210,8 @@ def main(argv: list[str] | None = None) -> int:
                 results.append({**measure(settings, model_dir, workdir, s3_env, s3_pid, rate, run), "round": round_})
                 run += 1
     print(f"\nCapture cost, {settings.payload} c={settings.concurrency}, {settings.duration:g} s per server, "
-          f"{settings.rounds} round(s), {described['count']} distinct products, S3 server at "
-          f"{settings.s3_priority} priority:\n")
+          f"{settings.rounds} round(s), {described['count']} distinct products, writer process budget "
+          f"{settings.writer_cpu:g} cores, S3 server at {settings.s3_priority} priority:\n")
     print(table(results, settings.rates), flush=True)
     print(f"\nIn process: the request path costs {costs['request_path_us']:.1f} us per captured product; the "
           f"writer process {costs['writer_cpu_ms']:.2f} ms of CPU per record ({settings.capture_content} content, "

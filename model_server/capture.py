@@ -13,7 +13,8 @@ write that never replaces a file: ``model_server.capture_files``). A file is wri
 ``--capture_file_records`` records wait, when they hold ``FILE_BYTES``, when the oldest has
 waited ``--capture_flush_seconds``, and at shutdown (after the SIGTERM drain, every answered
 request's sampled products are written before the process exits). Under a server that
-saturates its CPU the writer process gets little of it, the queue fills and records are
+saturates its CPU the writer process gets little of it (and never more than
+``--capture_writer_cpu`` cores on average until the shutdown drain), the queue fills and records are
 dropped and counted (measured costs, which the writer's priority does not bring to zero: docs/capture.md).
 ``--capture_content hashes`` keeps text and images out: records hold their SHA-256 only.
 
@@ -68,6 +69,7 @@ class CaptureWriter:
         self._files = {outcome: metrics.CAPTURE_FILES.labels(outcome=outcome, **label)
                        for outcome in ("written", "failed")}
         self._queue_gauge = metrics.CAPTURE_QUEUE_BYTES.labels(**label)
+        self._budget_wait = metrics.CAPTURE_BUDGET_WAIT.labels(**label)
 
     # -- the request path ------------------------------------------------------------------------
     def offer(self, items: list[Sampled]) -> None:
@@ -107,6 +109,7 @@ class CaptureWriter:
 
     def close(self, timeout: float) -> bool:
         """Write what is queued, then stop; ``False`` if that took longer than ``timeout`` seconds."""
+        self.sink.drain()
         with self._cond:
             self._closing = True
             waiting = len(self._pending)
@@ -169,6 +172,7 @@ class CaptureWriter:
         self._failed.inc(outcome.failed)
         self._files["written"].inc(outcome.files_written)
         self._files["failed"].inc(outcome.files_failed)
+        self._budget_wait.inc(outcome.budget_wait_seconds)
 
 
 class Capture:
@@ -204,6 +208,7 @@ def start_capture(settings: CaptureSettings, model_name: str) -> Capture | None:
         return None
     # The pod name and this process's start: a restarted container never reuses a file name.
     name = f"{pod_name()}-{datetime.now(UTC):%Y%m%dT%H%M%S}"
-    writer = CaptureWriter(WriterProcess(settings.uri, settings.content, name), settings, model_name)
+    writer = CaptureWriter(WriterProcess(settings.uri, settings.content, name, settings.writer_cpu), settings,
+                           model_name)
     writer.start()
     return Capture(writer, settings.sample_rate)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -60,6 +61,7 @@ class Outcome:
     files_failed: int = 0
     problems: list[str] = field(default_factory=list)
     next_seq: int = 0
+    budget_wait_seconds: float = 0.0  # waited to keep to the writer process's CPU budget
 
 
 def open_capture_store(uri: str) -> Store:
@@ -80,8 +82,9 @@ def _iso(seconds: float) -> str:
 class CaptureFiles:
     """Writes batches of ``Sampled`` products into ``store`` as files named ``<name>-<seq>``."""
 
-    def __init__(self, store: Store, content: str, name: str, seq: int = 0):
-        self.store, self.content, self.name, self.seq = store, content, name, seq
+    def __init__(self, store: Store, content: str, name: str, seq: int = 0, pace: Callable[[], object] = lambda: None):
+        """``pace`` is called before each upload (the writer process's CPU budget waits there)."""
+        self.store, self.content, self.name, self.seq, self.pace = store, content, name, seq, pace
         self._recent: OrderedDict[str, None] = OrderedDict()
 
     def record(self, item: Sampled) -> CaptureRecord:
@@ -110,6 +113,7 @@ class CaptureFiles:
         try:
             if records:
                 for sha, data in images.items():
+                    self.pace()
                     self.store.put_bytes(image_key(sha), data)
                     self._remember(sha)
                 by_day: dict[str, list[CaptureRecord]] = {}
@@ -128,6 +132,7 @@ class CaptureFiles:
 
     def _put_file(self, day: str, records: list[CaptureRecord]) -> None:
         data = write_capture_file(records)
+        self.pace()
         for _ in range(MAX_NAME_TRIES):
             key = records_key(day, self.name, self.seq)
             self.seq += 1
@@ -147,6 +152,9 @@ class CaptureFiles:
 
     def start(self) -> None:
         """Nothing to start in process (the process sink's ``start`` starts its process)."""
+
+    def drain(self) -> None:
+        """Nothing to change in process (the process sink's ``drain`` lifts its CPU budget)."""
 
     def close(self) -> None:
         """Nothing to release in process (the process sink's ``close`` stops its process)."""

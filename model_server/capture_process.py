@@ -8,6 +8,13 @@ idle, and a serving thread that wakes up takes the CPU from it at once. When ser
 the CPU the writer falls behind, the server's byte-bounded queue fills and its records are
 dropped and counted. Capture yields to serving, never the reverse.
 
+The idle class alone does not make capture free: a writer that always has work (capture at 1.0
+on a busy server) is always runnable and takes every idle moment of the cores, their caches with
+it, and under a pod's CPU limit its CPU counts in the quota serving is throttled by. So the child
+also keeps to a CPU budget, ``--capture_writer_cpu`` cores on average (``CpuBudget``: it waits
+before an upload while it is ahead of it). The shutdown drain lifts the budget: serving has
+stopped, what is queued is written as fast as the CPU allows.
+
 The server's writer thread sends one batch at a time over a pipe and waits (without the GIL) for
 its ``Outcome``. A child that dies, or holds a batch for ``STUCK_SECONDS`` without using any CPU
 (stopped, or deadlocked; a starved child still gets some now and then: it is slow, not stuck), is
@@ -35,17 +42,56 @@ WRITER_NICENESS = 19
 STUCK_SECONDS = 120.0
 #: Seconds between two looks at the child's CPU time while it holds a batch.
 PROGRESS_INTERVAL = 5.0
+#: CPU seconds the writer may use at once after a pause, beyond its average (``CpuBudget``).
+BURST_SECONDS = 0.05
 
 
-def serve(conn, uri: str, content: str, name: str, seq: int, niceness: int) -> None:
+class CpuBudget:
+    """At most ``cores`` of CPU on average for this process (a token bucket over its CPU time, that
+    fills at ``cores`` a second up to ``burst`` seconds): ``pace()`` waits while the process is ahead.
+    ``unbound``, once set, ends every wait (the shutdown drain)."""
+
+    def __init__(self, cores: float, unbound: Any = None, burst: float = BURST_SECONDS,
+                 clock=time.monotonic, cpu_time=time.process_time):
+        self.cores, self.burst, self.unbound = cores, burst, unbound
+        self._clock, self._cpu_time = clock, cpu_time
+        self._last, self._cpu = clock(), cpu_time()
+        self._credit = burst
+        self.waited = 0.0  # seconds spent waiting, in all
+
+    @property
+    def bounded(self) -> bool:
+        """``False`` from 1 core up (the writer works on one thread) and once ``unbound`` is set."""
+        return self.cores < 1.0 and not (self.unbound is not None and self.unbound.is_set())
+
+    def pace(self) -> float:
+        """Wait until the CPU used so far is within the budget; the seconds waited."""
+        now, cpu = self._clock(), self._cpu_time()
+        self._credit = min(self.burst, self._credit + (now - self._last) * self.cores) - (cpu - self._cpu)
+        self._last, self._cpu = now, cpu
+        if self._credit >= 0 or not self.bounded:
+            return 0.0
+        wait = -self._credit / self.cores
+        if self.unbound is not None:
+            self.unbound.wait(wait)
+        else:
+            time.sleep(wait)
+        waited = self._clock() - now
+        self.waited += waited
+        return waited
+
+
+def serve(conn, uri: str, content: str, name: str, seq: int, niceness: int, cores: float = 1.0,
+          unbound: Any = None) -> None:
     """The child: write each batch received on ``conn`` and answer its ``Outcome``; stop on ``None``
-    or when the server's end of the pipe closes."""
+    or when the server's end of the pipe closes. ``cores``, ``unbound``: its ``CpuBudget``."""
     from rakuten_common.logs import configure_logging
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the server says when to stop
     configure_logging()
     lower_priority(own_threads(), niceness)  # the threads libraries started before the server set it
-    files = CaptureFiles(open_capture_store(uri), content, name, seq)
+    budget = CpuBudget(cores, unbound)
+    files = CaptureFiles(open_capture_store(uri), content, name, seq, pace=budget.pace)
     while True:
         try:
             batch = conn.recv()
@@ -53,12 +99,14 @@ def serve(conn, uri: str, content: str, name: str, seq: int, niceness: int) -> N
             return
         if batch is None:
             return
+        waited = budget.waited
         try:
             outcome = files.write(batch)
         except Exception as exc:  # never die on a batch: say what happened
             logger.exception("capture: writing %d records failed", len(batch))
             outcome = Outcome(failed=len(batch), files_failed=1, next_seq=files.seq,
                               problems=[f"capture: {len(batch)} records not written: {exc!r}"])
+        outcome.budget_wait_seconds = budget.waited - waited
         conn.send(outcome)
 
 
@@ -100,24 +148,34 @@ class WriterProcess:
     """A ``CaptureFiles`` for ``uri`` in a child process (see the module docstring): ``write`` a
     batch, get its ``Outcome``."""
 
-    def __init__(self, uri: str, content: str, name: str, niceness: int = WRITER_NICENESS,
+    def __init__(self, uri: str, content: str, name: str, cores: float = 1.0, niceness: int = WRITER_NICENESS,
                  timeout: float = STUCK_SECONDS):
-        self.uri, self.content, self.name, self.niceness, self.timeout = uri, content, name, niceness, timeout
+        self.uri, self.content, self.name, self.cores = uri, content, name, cores
+        self.niceness, self.timeout = niceness, timeout
         self._seq = 0
-        self._process: Any = None  # a multiprocessing Process (spawn context) while one runs
+        self._context = multiprocessing.get_context("spawn")  # never fork a process that holds TensorFlow's threads
+        self._unbound = self._context.Event()  # set: the child writes without its CPU budget (the drain)
+        self._process: Any = None  # a multiprocessing Process while one runs
         self._conn: Any = None     # our end of its pipe
 
     def start(self) -> None:
-        context = multiprocessing.get_context("spawn")  # never fork a process that holds TensorFlow's threads
-        ours, theirs = context.Pipe()
-        self._process = context.Process(target=serve, name="capture-writer", daemon=True,
-                                        args=(theirs, self.uri, self.content, self.name, self._seq, self.niceness))
+        ours, theirs = self._context.Pipe()
+        self._process = self._context.Process(
+            target=serve, name="capture-writer", daemon=True,
+            args=(theirs, self.uri, self.content, self.name, self._seq, self.niceness, self.cores, self._unbound))
         self._process.start()
         lower_priority([self._process.pid], self.niceness)  # before it imports: that costs CPU too
         theirs.close()
         self._conn = ours
-        logger.info("Capture writer process %d started (idle scheduling class, niceness %d)", self._process.pid,
-                    self.niceness)
+        logger.info("Capture writer process %d started (idle scheduling class, niceness %d, %s)", self._process.pid,
+                    self.niceness, self._budget())
+
+    def drain(self) -> None:
+        """From now on the child writes without its CPU budget: serving has stopped."""
+        self._unbound.set()
+
+    def _budget(self) -> str:
+        return f"{self.cores:g} cores of CPU on average" if self.cores < 1.0 else "no CPU budget"
 
     def write(self, batch: list[Sampled]) -> Outcome:
         if self._process is None or not self._process.is_alive():
@@ -171,4 +229,4 @@ class WriterProcess:
         return process.exitcode
 
     def __str__(self) -> str:
-        return f"{self.uri} as {self.name} (writer process, idle scheduling class)"
+        return f"{self.uri} as {self.name} (writer process, idle scheduling class, {self._budget()})"

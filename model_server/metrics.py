@@ -58,6 +58,10 @@ CAPTURE_FILES = Counter(
 CAPTURE_QUEUE_BYTES = Gauge(
     "rakuten_capture_queue_bytes", "Bytes of capture records queued or being written (bounded by "
     "--capture_queue_bytes)", ["model_name"])
+CAPTURE_BUDGET_WAIT = Counter(
+    "rakuten_capture_writer_budget_wait_seconds", "Seconds the capture writer process waited to keep to "
+    "--capture_writer_cpu (rising with dropped records: the budget, not the server's load, drops them)",
+    ["model_name"])
 
 
 class LoadTimer:

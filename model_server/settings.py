@@ -67,6 +67,7 @@ class CaptureSettings:
     queue_bytes: int
     file_records: int
     flush_seconds: float
+    writer_cpu: float = 0.1  # cores the writer process may use on average
 
 
 #: A drift window size (option type): 0 to ``MAX_DRIFT_WINDOW`` products.
@@ -194,6 +195,11 @@ class Settings:
                                        help="records per capture file at most (a file is written when this many wait)")
     capture_flush_seconds: float = option(30.0, env="CAPTURE_FLUSH_SECONDS", type=POSITIVE,
                                           help="longest a sampled product waits before its file is written")
+    capture_writer_cpu: float = option(0.1, env="CAPTURE_WRITER_CPU", type=POSITIVE, metavar="CORES",
+                                       help="CPU the capture writer process may use on average, in cores (0.1 = "
+                                            "100m, counted in the pod's CPU limit; 1 or more: no bound); beyond, it "
+                                            "waits, the queue fills and records are dropped and counted. Not bound "
+                                            "while the shutdown drain writes what is queued")
     # -- logs ------------------------------------------------------------------------------------
     log_level: str = option("INFO", env="LOG_LEVEL", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                             type=str.upper, help="log level")
@@ -220,7 +226,8 @@ class Settings:
     @property
     def capture(self) -> CaptureSettings:
         return CaptureSettings(self.capture_uri, self.capture_sample_rate, self.capture_content,
-                               self.capture_queue_bytes, self.capture_file_records, self.capture_flush_seconds)
+                               self.capture_queue_bytes, self.capture_file_records, self.capture_flush_seconds,
+                               self.capture_writer_cpu)
 
     @property
     def limits(self) -> RequestLimits:

@@ -246,8 +246,67 @@ def test_a_writer_using_cpu_is_slow_not_stuck():
             child.wait()
 
 
-def sampled(n: int) -> list:
+def sampled(n: int, first: int = 0) -> list:
     from model_server.capture import Sampled
 
     return [Sampled(f"req-{i}", 1000 + i, f"Lampe {i}", "", b"\xff\xd8 image %d" % i, [(10, 0.9)], "v1",
-                    time.time(), 100) for i in range(n)]
+                    time.time(), 100) for i in range(first, first + n)]
+
+
+class FakeTime:
+    """A clock, a CPU time and an ``unbound`` event whose ``wait`` advances the clock (no real waiting)."""
+
+    def __init__(self):
+        self.now, self.cpu, self.set = 100.0, 10.0, False
+
+    def clock(self):
+        return self.now
+
+    def cpu_time(self):
+        return self.cpu
+
+    def is_set(self):
+        return self.set
+
+    def wait(self, seconds):
+        self.now += seconds
+        return self.set
+
+
+def test_the_cpu_budget_waits_while_the_writer_is_ahead_of_it():
+    """``CpuBudget``: CPU used beyond ``cores`` a second (after a ``burst``) is paid for by waiting,
+    pauses do not bank more than the burst, and once unbound (the shutdown drain) it never waits."""
+    from model_server.capture_process import CpuBudget
+
+    t = FakeTime()
+    budget = CpuBudget(0.1, unbound=t, burst=0.05, clock=t.clock, cpu_time=t.cpu_time)
+    t.cpu += 0.04
+    assert budget.pace() == 0  # within the burst
+    t.cpu += 0.21  # 0.2 s of CPU beyond it: 2 s of waiting at 0.1 core
+    assert budget.pace() == pytest.approx(2.0)
+    t.now += 3600  # an idle hour banks the burst, not 360 s of CPU
+    t.cpu += 0.15
+    assert budget.pace() == pytest.approx(1.0)
+    assert budget.waited == pytest.approx(3.0)
+    t.set = True
+    t.cpu += 5.0
+    assert budget.pace() == 0 and not budget.bounded
+    assert not CpuBudget(1.0, clock=t.clock, cpu_time=t.cpu_time).bounded  # one core: the writer's one thread
+
+
+@pytest.mark.process  # starts the writer process
+def test_the_writer_process_keeps_to_its_cpu_budget_until_the_drain(bucket):
+    """A writer process at 0.1 cores waits before its uploads (and says how long: the server counts
+    it in rakuten_capture_writer_budget_wait_seconds_total); ``drain()`` (the shutdown) lifts the budget."""
+    sink = WriterProcess(bucket, "full", NAME, cores=0.1)
+    sink.start()
+    try:
+        for first in (0, 20):
+            outcome = sink.write(sampled(20, first))
+            assert outcome.written == 20 and outcome.budget_wait_seconds > 0
+        sink.drain()
+        outcome = sink.write(sampled(20, 40))
+        assert outcome.written == 20 and outcome.budget_wait_seconds == 0
+    finally:
+        sink.close()
+    assert len(read_all(open_capture_store(bucket))) == 60
