@@ -70,6 +70,10 @@ class CaptureSettings:
     writer_cpu: float = 0.1  # cores the writer process may use on average
 
 
+#: The capture writer's CPU budget (option type): from 0.01 cores (a budget wait stays far below
+#: the writer process's 2-minute no-CPU backstop).
+WRITER_CORES = bounded(float, minimum=0.01)
+
 #: A drift window size (option type): 0 to ``MAX_DRIFT_WINDOW`` products.
 drift_window = bounded(int, 0, MAX_DRIFT_WINDOW)
 
@@ -195,7 +199,7 @@ class Settings:
                                        help="records per capture file at most (a file is written when this many wait)")
     capture_flush_seconds: float = option(30.0, env="CAPTURE_FLUSH_SECONDS", type=POSITIVE,
                                           help="longest a sampled product waits before its file is written")
-    capture_writer_cpu: float = option(0.1, env="CAPTURE_WRITER_CPU", type=POSITIVE, metavar="CORES",
+    capture_writer_cpu: float = option(0.1, env="CAPTURE_WRITER_CPU", type=WRITER_CORES, metavar="CORES",
                                        help="CPU the capture writer process may use on average, in cores (0.1 = "
                                             "100m, counted in the pod's CPU limit; 1 or more: no bound); beyond, it "
                                             "waits, the queue fills and records are dropped and counted. Not bound "
