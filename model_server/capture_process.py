@@ -11,7 +11,7 @@ dropped and counted. Capture yields to serving, never the reverse.
 The idle class alone does not make capture free: a writer that always has work (capture at 1.0
 on a busy server) is always runnable and takes every idle moment of the cores, their caches with
 it, and under a pod's CPU limit its CPU counts in the quota serving is throttled by. So the child
-also keeps to a CPU budget, ``--capture_writer_cpu`` cores on average (``CpuBudget``: it waits
+also keeps to a CPU budget, ``--capture_writer_cpu`` cores on average (``CpuThrottle``: it waits
 before an upload while it is ahead of it). The shutdown drain lifts the budget: serving has
 stopped, what is queued is written as fast as the CPU allows.
 
@@ -28,10 +28,10 @@ import multiprocessing
 import os
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 from model_server.capture_files import CaptureFiles, Outcome, Sampled, open_capture_store
+from rakuten_common.cpu import process_cpu_seconds
 
 logger = logging.getLogger("rakuten.capture")
 
@@ -42,11 +42,11 @@ WRITER_NICENESS = 19
 STUCK_SECONDS = 120.0
 #: Seconds between two looks at the child's CPU time while it holds a batch.
 PROGRESS_INTERVAL = 5.0
-#: CPU seconds the writer may use at once after a pause, beyond its average (``CpuBudget``).
+#: CPU seconds the writer may use at once after a pause, beyond its average (``CpuThrottle``).
 BURST_SECONDS = 0.05
 
 
-class CpuBudget:
+class CpuThrottle:
     """At most ``cores`` of CPU on average for this process (a token bucket over its CPU time, that
     fills at ``cores`` a second up to ``burst`` seconds): ``pace()`` waits while the process is ahead.
     ``unbound``, once set, ends every wait (the shutdown drain)."""
@@ -84,14 +84,14 @@ class CpuBudget:
 def serve(conn, uri: str, content: str, name: str, seq: int, niceness: int, cores: float = 1.0,
           unbound: Any = None) -> None:
     """The child: write each batch received on ``conn`` and answer its ``Outcome``; stop on ``None``
-    or when the server's end of the pipe closes. ``cores``, ``unbound``: its ``CpuBudget``."""
+    or when the server's end of the pipe closes. ``cores``, ``unbound``: its ``CpuThrottle``."""
     from rakuten_common.logs import configure_logging
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the server says when to stop
     configure_logging()
     lower_priority(own_threads(), niceness)  # the threads libraries started before the server set it
-    budget = CpuBudget(cores, unbound)
-    files = CaptureFiles(open_capture_store(uri), content, name, seq, pace=budget.pace)
+    throttle = CpuThrottle(cores, unbound)
+    files = CaptureFiles(open_capture_store(uri), content, name, seq, pace=throttle.pace)
     while True:
         try:
             batch = conn.recv()
@@ -99,14 +99,14 @@ def serve(conn, uri: str, content: str, name: str, seq: int, niceness: int, core
             return
         if batch is None:
             return
-        waited = budget.waited
+        waited = throttle.waited
         try:
             outcome = files.write(batch)
         except Exception as exc:  # never die on a batch: say what happened
             logger.exception("capture: writing %d records failed", len(batch))
             outcome = Outcome(failed=len(batch), files_failed=1, next_seq=files.seq,
                               problems=[f"capture: {len(batch)} records not written: {exc!r}"])
-        outcome.budget_wait_seconds = budget.waited - waited
+        outcome.budget_wait_seconds = throttle.waited - waited
         conn.send(outcome)
 
 
@@ -125,15 +125,6 @@ def lower_priority(threads: list[int], niceness: int) -> bool:
             logger.warning("capture writer: lowest CPU priority not set (%s): it competes with serving for CPU", exc)
             return False
     return True
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of process ``pid`` (``None`` where ``/proc`` cannot tell)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def own_threads() -> list[int]:
@@ -197,9 +188,9 @@ class WriterProcess:
         """Return when the child has answered; ``TimeoutError`` once it has gone ``timeout`` seconds
         without answering or using any CPU (wall time alone where its CPU time cannot be read)."""
         pid = self._process.pid
-        last_cpu, since = cpu_seconds(pid), time.monotonic()
+        last_cpu, since = process_cpu_seconds(pid), time.monotonic()
         while not self._conn.poll(min(self.timeout, PROGRESS_INTERVAL)):
-            cpu = cpu_seconds(pid)
+            cpu = process_cpu_seconds(pid)
             if cpu is not None and cpu != last_cpu:
                 last_cpu, since = cpu, time.monotonic()
             elif time.monotonic() - since >= self.timeout:

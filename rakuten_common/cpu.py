@@ -124,3 +124,14 @@ def configure_tensorflow(intra_op_threads: int, inter_op_threads: int) -> None:
     tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
     tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
     logger.info("TensorFlow threads: %d intra-op, %d inter-op", intra_op_threads, inter_op_threads)
+
+
+def process_cpu_seconds(pid: int, with_children: bool = False) -> float | None:
+    """User + system CPU seconds of process ``pid`` from ``/proc`` (with its waited-for children's
+    when ``with_children``); ``None`` where ``/proc`` cannot tell (it has exited, not Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(int(v) for v in fields[11:15 if with_children else 13]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+

@@ -273,25 +273,25 @@ class FakeTime:
         return self.set
 
 
-def test_the_cpu_budget_waits_while_the_writer_is_ahead_of_it():
-    """``CpuBudget``: CPU used beyond ``cores`` a second (after a ``burst``) is paid for by waiting,
+def test_the_cpu_throttle_waits_while_the_writer_is_ahead_of_its_budget():
+    """``CpuThrottle``: CPU used beyond ``cores`` a second (after a ``burst``) is paid for by waiting,
     pauses do not bank more than the burst, and once unbound (the shutdown drain) it never waits."""
-    from model_server.capture_process import CpuBudget
+    from model_server.capture_process import CpuThrottle
 
     t = FakeTime()
-    budget = CpuBudget(0.1, unbound=t, burst=0.05, clock=t.clock, cpu_time=t.cpu_time)
+    throttle = CpuThrottle(0.1, unbound=t, burst=0.05, clock=t.clock, cpu_time=t.cpu_time)
     t.cpu += 0.04
-    assert budget.pace() == 0  # within the burst
+    assert throttle.pace() == 0  # within the burst
     t.cpu += 0.21  # 0.2 s of CPU beyond it: 2 s of waiting at 0.1 core
-    assert budget.pace() == pytest.approx(2.0)
+    assert throttle.pace() == pytest.approx(2.0)
     t.now += 3600  # an idle hour banks the burst, not 360 s of CPU
     t.cpu += 0.15
-    assert budget.pace() == pytest.approx(1.0)
-    assert budget.waited == pytest.approx(3.0)
+    assert throttle.pace() == pytest.approx(1.0)
+    assert throttle.waited == pytest.approx(3.0)
     t.set = True
     t.cpu += 5.0
-    assert budget.pace() == 0 and not budget.bounded
-    assert not CpuBudget(1.0, clock=t.clock, cpu_time=t.cpu_time).bounded  # one core: the writer's one thread
+    assert throttle.pace() == 0 and not throttle.bounded
+    assert not CpuThrottle(1.0, clock=t.clock, cpu_time=t.cpu_time).bounded  # one core: the writer's one thread
 
 
 @pytest.mark.process  # starts the writer process

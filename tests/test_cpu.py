@@ -145,3 +145,12 @@ def test_help_names_the_limit_as_the_default():
     done = subprocess.run([sys.executable, "-m", "training_job", "--help"], cwd=REPO, capture_output=True, text=True,
                           timeout=60)
     assert "--tf-intra-op-threads" in done.stdout and "TF_INTRA_OP_THREADS" in done.stdout
+
+
+def test_process_cpu_seconds_reads_proc_and_says_none_for_a_gone_process():
+    subprocess.run([sys.executable, "-c", "sum(range(3_000_000))"], check=True)  # a waited-for child's CPU
+    own, with_children = cpu.process_cpu_seconds(os.getpid()), cpu.process_cpu_seconds(os.getpid(), with_children=True)
+    assert 0 < own < with_children
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert cpu.process_cpu_seconds(gone.pid) is None

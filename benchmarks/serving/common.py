@@ -13,6 +13,8 @@ from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 
+from rakuten_common import cpu
+
 REPO = Path(__file__).resolve().parents[2]
 log = logging.getLogger("rakuten.benchmark")
 
@@ -50,12 +52,9 @@ def is_missing(value) -> bool:
 
 
 def process_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (and its finished children) from /proc, in seconds."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    """utime + stime of a process (and its finished children), in seconds (NaN once it has exited)."""
+    seconds = cpu.process_cpu_seconds(pid, with_children=True)
+    return float("nan") if seconds is None else seconds
 
 
 def process_memory_bytes(pid: int) -> dict[str, int]:
