@@ -17,7 +17,9 @@ The S3 API server stands in for a MinIO on other machines: in a cluster its CPU 
 predictor's. Here it shares the same cores, so by default it runs in the kernel's idle scheduling
 class (``chrt --idle``: it gets the CPU serving leaves idle, as the capture writer process does);
 ``--s3-priority normal`` makes it compete with the server as an equal. Its CPU seconds in each run
-are in the table either way.
+are in the table either way. ``--server-cpus 0 --client-cpus 1`` lays the machine out as a cluster
+does: the server (and its capture writer process) on its own core, like a pod with a 1-CPU limit,
+the client and the S3 API server on the other, like the callers and a MinIO on other nodes.
 """
 from __future__ import annotations
 
@@ -26,16 +28,17 @@ import shlex
 import statistics
 import sys
 import tempfile
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 
 from benchmarks.serving.closed_loop import run_client, write_requests
-from benchmarks.serving.common import log, process_cpu_seconds
+from benchmarks.serving.common import cpus, log, process_cpu_seconds
 from benchmarks.serving.metrics import scrape
 from benchmarks.serving.servers import running_model_server, s3_api_process
-from benchmarks.serving.settings import CommonSettings, float_list, parse
+from benchmarks.serving.settings import CommonSettings, float_list, int_list, parse
 from rakuten_common.options import AT_LEAST_ONE, option
 
 
@@ -54,6 +57,12 @@ class CaptureCostSettings(CommonSettings):
     s3_priority: str = option("idle", choices=("idle", "normal"),
                               help="CPU priority of the S3 API server (a stand-in for a MinIO on other machines): "
                                    "idle (SCHED_IDLE), or normal (competes with the server)")
+    server_cpus: tuple[int, ...] = option((), type=int_list, metavar="LIST", shown="any",
+                                          help="CPUs the servers (and their capture writer processes) may run on, "
+                                               "e.g. 0: a pod's CPU")
+    client_cpus: tuple[int, ...] = option((), type=int_list, metavar="LIST", shown="any",
+                                          help="CPUs the client, the S3 API server and this script may run on, "
+                                               "e.g. 1: the rest of the cluster")
 
     def resolved(self) -> CaptureCostSettings:
         """``--quick``: one short round, a smoke check."""
@@ -116,8 +125,10 @@ def measure(settings: CaptureCostSettings, model_dir: Path, workdir: Path, s3_en
         args += [f"--capture_uri=s3://bench-captures/run{run}", f"--capture_sample_rate={rate}",
                  f"--capture_content={settings.capture_content}", f"--capture_writer_cpu={settings.writer_cpu}",
                  "--capture_flush_seconds=2"]
-    with running_model_server(str(model_dir), workdir / f"server-{run}-{label(rate)}.log", args,
-                              batch_size=32, env=s3_env) as (server, _):
+    with ExitStack() as stack:
+        with cpus(settings.server_cpus):  # the server and its writer process inherit this thread's CPU set
+            server, _ = stack.enter_context(running_model_server(
+                str(model_dir), workdir / f"server-{run}-{label(rate)}.log", args, batch_size=32, env=s3_env))
         s3_cpu = process_cpu_seconds(s3_pid)
         (cell,) = run_client(workdir, server.url, server.pid, [(settings.payload, settings.concurrency)],
                              settings.duration, settings.warmup, settings.top_k,
@@ -181,6 +192,16 @@ def table(results: list[dict], rates: tuple[float, ...]) -> str:
     return "\n".join(lines)
 
 
+def layout(settings: CaptureCostSettings) -> str:
+    """Where the processes ran, for the table's title."""
+    def where(allowed):
+        return "CPU " + ",".join(map(str, allowed)) if allowed else "any CPU"
+
+    if not (settings.server_cpus or settings.client_cpus):
+        return "all processes on all CPUs"
+    return f"server on {where(settings.server_cpus)}, client and S3 server on {where(settings.client_cpus)}"
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = parse(CaptureCostSettings, argv, __doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
     from rakuten_common.logs import configure_logging
@@ -200,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
              settings.duration, settings.rounds)
     write_requests(workdir, {settings.payload: [encode([p], settings.top_k, settings.payload) for p in products]})
     results = []
-    with s3_api_process(workdir / "moto.log", settings.s3_priority == "idle") as (s3_env, s3_pid):
+    with cpus(settings.client_cpus), s3_api_process(workdir / "moto.log", settings.s3_priority == "idle") as (s3_env, s3_pid):
         boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1",
                      aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket="bench-captures")
         costs = in_process(products[:300], s3_env, settings.capture_content)
@@ -211,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
                 run += 1
     print(f"\nCapture cost, {settings.payload} c={settings.concurrency}, {settings.duration:g} s per server, "
           f"{settings.rounds} round(s), {described['count']} distinct products, writer process budget "
-          f"{settings.writer_cpu:g} cores, S3 server at {settings.s3_priority} priority:\n")
+          f"{settings.writer_cpu:g} cores, S3 server at {settings.s3_priority} priority, "
+          f"{layout(settings)}:\n")
     print(table(results, settings.rates), flush=True)
     print(f"\nIn process: the request path costs {costs['request_path_us']:.1f} us per captured product; the "
           f"writer process {costs['writer_cpu_ms']:.2f} ms of CPU per record ({settings.capture_content} content, "

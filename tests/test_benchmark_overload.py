@@ -191,7 +191,7 @@ def test_cpu_pinning_applies_inside_the_block_and_to_processes_started_there():
     import subprocess
     import sys
 
-    from benchmarks.serving.overload import cpus
+    from benchmarks.serving.common import cpus
     from benchmarks.serving.settings import OverloadSettings, parse
 
     settings = parse(OverloadSettings, ["--server-cpus", "0", "--client-cpus", "0"], "")

@@ -107,3 +107,23 @@ def test_serving_report_plots_latency_against_throughput(tmp_path):
     assert latency_plot(report, tmp_path / "bench.png")
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not latency_plot({"machine": MACHINE}, tmp_path / "none.png") and not (tmp_path / "none.png").exists()
+
+
+def test_capture_cost_pairs_each_rate_with_capture_off_round_by_round():
+    from benchmarks.capture_cost import CaptureCostSettings, layout, table
+
+    def run(round_, rate, throughput, p99):
+        return {"round": round_, "rate": rate, "throughput": throughput, "p99_ms": p99, "cpu_ms": 6.0,
+                "written": 10 * rate, "dropped": 0, "writer_cpu_s": rate, "s3_cpu_s": rate, "budget_wait_s": 0.0}
+
+    # Round 1 runs 10 % faster than round 0: the paired ratio ignores it, a ratio of means would not.
+    results = [run(0, 0.0, 200.0, 100.0), run(0, 1.0, 196.0, 102.0),
+               run(1, 0.0, 220.0, 100.0), run(1, 1.0, 211.2, 106.0)]
+    lines = table(results, (0.0, 1.0)).splitlines()
+    assert lines[2].startswith("| off | 210.0 (200.0 / 220.0) |") and "| 1.000 ± 0.000 |" in lines[2]
+    assert lines[3].startswith("| 1 | 203.6 ") and "| 0.970 ± 0.010 | 1.040 ± 0.020 |" in lines[3]
+
+    pinned = parse(CaptureCostSettings, ["--server-cpus", "0", "--client-cpus", "1"], "")
+    assert (pinned.server_cpus, pinned.client_cpus) == ((0,), (1,))
+    assert layout(pinned) == "server on CPU 0, client and S3 server on CPU 1"
+    assert layout(parse(CaptureCostSettings, [], "")) == "all processes on all CPUs"

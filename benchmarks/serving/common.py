@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -49,6 +50,18 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 def is_missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+@contextlib.contextmanager
+def cpus(allowed: tuple[int, ...]):
+    """Run the block (and the processes it starts) on ``allowed`` CPUs only; all of them if empty."""
+    before = os.sched_getaffinity(0)
+    if allowed:
+        os.sched_setaffinity(0, allowed)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def process_cpu_seconds(pid: int) -> float:

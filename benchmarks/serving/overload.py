@@ -21,9 +21,7 @@ the machine's load (printed); compare runs made one after the other.
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shlex
 import shutil
 import tempfile
@@ -32,7 +30,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from benchmarks.serving.closed_loop import run_client, write_requests
-from benchmarks.serving.common import log, machine_info
+from benchmarks.serving.common import cpus, log, machine_info
 from benchmarks.serving.metrics import Scrape, dropped_work, model_rows, scrape
 from benchmarks.serving.open_loop import run_open_loop
 from benchmarks.serving.settings import OverloadSettings, parse
@@ -142,18 +140,6 @@ def start_target(settings: OverloadSettings, workdir: Path, report: dict) -> Tar
     report["server"] = {"url": server.url, "pid": server.pid, "started_here": True, "args": server_args,
                         "log": str(workdir / "server.log")}
     return Target(server.url, server.pid, server)
-
-
-@contextlib.contextmanager
-def cpus(allowed: tuple[int, ...]):
-    """Run the block (and the processes it starts) on ``allowed`` CPUs only; all of them if empty."""
-    before = os.sched_getaffinity(0)
-    if allowed:
-        os.sched_setaffinity(0, allowed)
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
 
 
 def run(settings: OverloadSettings, workdir: Path, report: dict) -> None:
