@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 
 from benchmarks.serving.closed_loop import run_client, write_requests
-from benchmarks.serving.common import cpus, log, process_cpu_seconds
+from benchmarks.serving.common import cpu_set_name, cpus, log, process_cpu_seconds
 from benchmarks.serving.metrics import scrape
 from benchmarks.serving.servers import running_model_server, s3_api_process
 from benchmarks.serving.settings import CommonSettings, float_list, int_list, parse
@@ -194,12 +194,10 @@ def table(results: list[dict], rates: tuple[float, ...]) -> str:
 
 def layout(settings: CaptureCostSettings) -> str:
     """Where the processes ran, for the table's title."""
-    def where(allowed):
-        return "CPU " + ",".join(map(str, allowed)) if allowed else "any CPU"
-
     if not (settings.server_cpus or settings.client_cpus):
         return "all processes on all CPUs"
-    return f"server on {where(settings.server_cpus)}, client and S3 server on {where(settings.client_cpus)}"
+    return (f"server on {cpu_set_name(settings.server_cpus)}, "
+            f"client and S3 server on {cpu_set_name(settings.client_cpus)}")
 
 
 def main(argv: list[str] | None = None) -> int:

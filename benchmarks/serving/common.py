@@ -64,6 +64,11 @@ def cpus(allowed: tuple[int, ...]):
         os.sched_setaffinity(0, before)
 
 
+def cpu_set_name(allowed: tuple[int, ...]) -> str:
+    """``allowed`` as ``cpus`` reads it, for a report: 'CPU 0,1', or 'any CPU' when empty."""
+    return "CPU " + ",".join(map(str, allowed)) if allowed else "any CPU"
+
+
 def process_cpu_seconds(pid: int) -> float:
     """utime + stime of a process (and its finished children), in seconds (NaN once it has exited)."""
     seconds = cpu.process_cpu_seconds(pid, with_children=True)

@@ -1,7 +1,7 @@
 """The overload benchmark's verdicts (the targets of issue 10) and its text report."""
 from __future__ import annotations
 
-from benchmarks.serving.common import fmt, is_missing, machine_line, table
+from benchmarks.serving.common import cpu_set_name, fmt, is_missing, machine_line, table
 
 MB = 1024 * 1024
 GOODPUT_SHARE = 0.9  # of capacity, at 4x
@@ -122,9 +122,8 @@ def _placement(settings) -> str:
     """Which CPUs the server and the load generator ran on ('' when both could use any)."""
     if not (settings.server_cpus or settings.client_cpus):
         return ""
-    def where(ids):
-        return "CPU " + ",".join(map(str, ids)) if ids else "any CPU"
-    return f"pinned: server on {where(settings.server_cpus)}, load generator and probes on {where(settings.client_cpus)}"
+    return (f"pinned: server on {cpu_set_name(settings.server_cpus)}, "
+            f"load generator and probes on {cpu_set_name(settings.client_cpus)}")
 
 
 def render(report: dict, settings) -> str:
