@@ -39,6 +39,7 @@ from benchmarks.serving.common import cpu_set_name, cpus, log, process_cpu_secon
 from benchmarks.serving.metrics import scrape
 from benchmarks.serving.servers import running_model_server, s3_api_process
 from benchmarks.serving.settings import CommonSettings, float_list, int_list, parse
+from model_server.settings import Settings
 from rakuten_common.options import AT_LEAST_ONE, option
 
 
@@ -52,7 +53,8 @@ class CaptureCostSettings(CommonSettings):
     payload: str = option("binary", choices=("binary", "base64"), help="request form")
     concurrency: int = option(32, type=AT_LEAST_ONE, help="closed-loop clients")
     capture_content: str = option("full", choices=("full", "hashes"), help="--capture_content of the servers")
-    writer_cpu: float = option(0.1, type=float, metavar="CORES", help="--capture_writer_cpu of the servers")
+    writer_cpu: float = option(Settings.capture_writer_cpu, type=float, metavar="CORES",
+                               help="--capture_writer_cpu of the servers (the server's default)")
     products: int = option(1000, help="distinct products (images new to each server until all were sent)")
     s3_priority: str = option("idle", choices=("idle", "normal"),
                               help="CPU priority of the S3 API server (a stand-in for a MinIO on other machines): "
@@ -129,12 +131,12 @@ def measure(settings: CaptureCostSettings, model_dir: Path, workdir: Path, s3_en
         with cpus(settings.server_cpus):  # the server and its writer process inherit this thread's CPU set
             server, _ = stack.enter_context(running_model_server(
                 str(model_dir), workdir / f"server-{run}-{label(rate)}.log", args, batch_size=32, env=s3_env))
-        s3_cpu = process_cpu_seconds(s3_pid)
+        s3_cpu, writer_cpu = process_cpu_seconds(s3_pid), children_cpu_seconds(server.pid)  # past the start-up
         (cell,) = run_client(workdir, server.url, server.pid, [(settings.payload, settings.concurrency)],
                              settings.duration, settings.warmup, settings.top_k,
                              timeout=settings.duration + settings.warmup + 300)
         metrics = scrape(server.url)
-        writer_cpu = children_cpu_seconds(server.pid)
+        writer_cpu = children_cpu_seconds(server.pid) - writer_cpu
         s3_cpu = process_cpu_seconds(s3_pid) - s3_cpu
     counts = {outcome: metrics.total("rakuten_capture_records_total", outcome=outcome) or 0
               for outcome in ("written", "dropped", "failed")}
@@ -150,7 +152,8 @@ def measure(settings: CaptureCostSettings, model_dir: Path, workdir: Path, s3_en
 
 
 def children_cpu_seconds(pid: int) -> float:
-    """CPU seconds of ``pid``'s live child processes (the capture writer process) since they started."""
+    """CPU seconds of ``pid``'s live child processes (the capture writer process) since they started
+    (the table gives what they used while the client ran: the server waits for its writer to be ready)."""
     children = []
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
@@ -235,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results, settings.rates), flush=True)
     print(f"\nIn process: the request path costs {costs['request_path_us']:.1f} us per captured product; the "
           f"writer process {costs['writer_cpu_ms']:.2f} ms of CPU per record ({settings.capture_content} content, "
-          "every image new), at the lowest CPU priority.", flush=True)
+          "every image new), on its CPU budget.", flush=True)
     if settings.json:
         settings.json.parent.mkdir(parents=True, exist_ok=True)
         settings.json.write_text(json.dumps({"model": model, "products": described, "in_process": costs,

@@ -5,17 +5,17 @@ request is sampled with probability ``--capture_sample_rate``. The request path 
 the sampled products' raw pieces (text, image bytes, top-k) to a queue bounded in bytes
 (``--capture_queue_bytes``); when it is full they are dropped and counted, never waited for.
 A background thread takes them in batches and hands each batch to the capture writer process
-(``model_server.capture_process``, at the lowest CPU priority), which turns it into
+(``model_server.capture_process``, on a small CPU budget), which turns it into
 ``rakuten_common.captures`` records (hashing text and image there, not on the request path),
 stores each image once (``images/<sha256>.jpg``, skipped when written recently) and then the
 records as one immutable file (``captures/date=YYYY-MM-DD/<pod>-<seq>.jsonl.gz``, a conditional
 write that never replaces a file: ``model_server.capture_files``). A file is written when
 ``--capture_file_records`` records wait, when they hold ``FILE_BYTES``, when the oldest has
-waited ``--capture_flush_seconds``, and at shutdown (after the SIGTERM drain, every answered
-request's sampled products are written before the process exits). Under a server that
-saturates its CPU the writer process gets little of it (and never more than
-``--capture_writer_cpu`` cores on average until the shutdown drain), the queue fills and records are
-dropped and counted (measured costs, which the writer's priority does not bring to zero: docs/capture.md).
+waited ``--capture_flush_seconds`` (and a batch whose writing takes longer is stored as a file
+each such period), and at shutdown (after the SIGTERM drain, every answered request's sampled
+products are written before the process exits). The writer process never uses more than
+``--capture_writer_cpu`` cores on average until the shutdown drain: what it cannot write fills
+the queue, and is dropped and counted (measured costs: docs/capture.md).
 ``--capture_content hashes`` keeps text and images out: records hold their SHA-256 only.
 
 An unreachable store costs the server nothing but the records: a batch that cannot be written
@@ -165,7 +165,10 @@ class CaptureWriter:
 
     def _write(self, batch: list[Sampled]) -> None:
         self._queue_gauge.set(self._held_bytes)
-        outcome: Outcome = self.sink.write(batch)
+        self._count(self.sink.write(batch, self._count))
+
+    def _count(self, outcome: Outcome) -> None:
+        """Count and log what the sink wrote: a whole batch, or a file of one (``progress``)."""
         for problem in outcome.problems:
             self._warn.log(logging.WARNING, "%s", problem)
         self._written.inc(outcome.written)
@@ -208,7 +211,7 @@ def start_capture(settings: CaptureSettings, model_name: str) -> Capture | None:
         return None
     # The pod name and this process's start: a restarted container never reuses a file name.
     name = f"{pod_name()}-{datetime.now(UTC):%Y%m%dT%H%M%S}"
-    writer = CaptureWriter(WriterProcess(settings.uri, settings.content, name, settings.writer_cpu), settings,
-                           model_name)
+    writer = CaptureWriter(WriterProcess(settings.uri, settings.content, name, settings.writer_cpu,
+                                         file_seconds=settings.flush_seconds), settings, model_name)
     writer.start()
     return Capture(writer, settings.sample_rate)

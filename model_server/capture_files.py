@@ -1,6 +1,7 @@
 """Writing one batch of sampled products to the capture store: each new image once
 (``images/<sha256>.jpg``), then the batch's records as one immutable file per day
-(``captures/date=YYYY-MM-DD/<pod>-<seq>.jsonl.gz``, a conditional write that never replaces a file).
+(``captures/date=YYYY-MM-DD/<pod>-<seq>.jsonl.gz``, a conditional write that never replaces a file);
+a batch that takes longer than a flush period to write is stored as one file per period.
 
 ``CaptureFiles`` is what the capture writer process runs (``model_server.capture_process``); it
 needs no TensorFlow, no KServe and no metrics: it returns what happened as an ``Outcome`` and the
@@ -9,6 +10,7 @@ server counts and logs it.
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,6 +64,16 @@ class Outcome:
     problems: list[str] = field(default_factory=list)
     next_seq: int = 0
     budget_wait_seconds: float = 0.0  # waited to keep to the writer process's CPU budget
+    final: bool = True  # False: a file of a batch still being written (``CaptureFiles.write``'s ``progress``)
+
+    def add(self, other: Outcome) -> None:
+        """Count ``other``'s records, files and waits in this one."""
+        self.written += other.written
+        self.failed += other.failed
+        self.files_written += other.files_written
+        self.files_failed += other.files_failed
+        self.problems += other.problems
+        self.budget_wait_seconds += other.budget_wait_seconds
 
 
 def open_capture_store(uri: str) -> Store:
@@ -82,9 +94,14 @@ def _iso(seconds: float) -> str:
 class CaptureFiles:
     """Writes batches of ``Sampled`` products into ``store`` as files named ``<name>-<seq>``."""
 
-    def __init__(self, store: Store, content: str, name: str, seq: int = 0, pace: Callable[[], object] = lambda: None):
-        """``pace`` is called before each upload (the writer process's CPU budget waits there)."""
+    def __init__(self, store: Store, content: str, name: str, seq: int = 0, pace: Callable[[], object] = lambda: None,
+                 file_seconds: float = float("inf"), clock: Callable[[], float] = time.monotonic):
+        """``pace`` is called before each upload (the writer process's CPU budget waits there);
+        ``file_seconds``: a batch whose images take longer than this to upload is stored as several
+        files, one each ``file_seconds`` of writing (a writer held back by its budget still stores
+        its records every period)."""
         self.store, self.content, self.name, self.seq, self.pace = store, content, name, seq, pace
+        self.file_seconds, self._clock = file_seconds, clock
         self._recent: OrderedDict[str, None] = OrderedDict()
 
     def record(self, item: Sampled) -> CaptureRecord:
@@ -96,39 +113,58 @@ class CaptureFiles:
             model_version=item.model_version, top_k=tuple((code, min(1.0, max(0.0, p))) for code, p in item.top_k),
             time=_iso(item.time), content=self.content)
 
-    def write(self, batch: list[Sampled]) -> Outcome:
-        """Store ``batch``: its new images first (a record is never read before its image), then its records."""
+    def write(self, batch: list[Sampled], progress: Callable[[Outcome], object] | None = None) -> Outcome:
+        """Store ``batch``: each record's new image first (a record is never read before its image),
+        then the records whose images are stored, as a file each ``file_seconds`` and at the end.
+        ``progress``, if given, gets an ``Outcome(final=False)`` for each file but the last as it is
+        stored (the server counts them then, not at the end of a long batch); the ``Outcome``
+        returned holds the rest."""
         outcome = Outcome()
-        records, images = [], {}
+        records: list[tuple[CaptureRecord, bytes]] = []
         for item in batch:
             try:
-                record = self.record(item)
+                records.append((self.record(item), item.image))
             except CaptureError as exc:  # e.g. a request id over the format's bound
                 outcome.failed += 1
                 outcome.problems.append(f"capture: product of request {item.request_id:.80} not recorded: {exc}")
-                continue
-            records.append(record)
-            if record.image_key is not None and record.image_sha256 not in self._recent:
-                images[record.image_sha256] = item.image
+        ready: list[CaptureRecord] = []
+        stored = 0  # records in stored files
+        started = self._clock()
         try:
-            if records:
-                for sha, data in images.items():
+            for record, image in records:
+                if record.image_key is not None and record.image_sha256 not in self._recent:
                     self.pace()
-                    self.store.put_bytes(image_key(sha), data)
-                    self._remember(sha)
-                by_day: dict[str, list[CaptureRecord]] = {}
-                for record in records:
-                    by_day.setdefault(record.day, []).append(record)
-                for day, day_records in by_day.items():
-                    self._put_file(day, day_records)
-                    outcome.files_written += 1
-                outcome.written += len(records)
+                    self.store.put_bytes(image_key(record.image_sha256), image)
+                    self._remember(record.image_sha256)
+                ready.append(record)
+                if self._clock() - started >= self.file_seconds and len(ready) < len(records) - stored:
+                    piece = Outcome(final=progress is None)
+                    self._put_files(ready, piece)
+                    stored += len(ready)
+                    if progress is None:
+                        outcome.add(piece)
+                    else:
+                        progress(piece)
+                    ready, started = [], self._clock()
+            self._put_files(ready, outcome)
+            stored += len(ready)
         except StorageError as exc:
-            outcome.failed += len(records)
+            lost = len(records) - stored
+            outcome.failed += lost
             outcome.files_failed += 1
-            outcome.problems.append(f"capture: {len(records)} records not written to {self.store.uri}: {exc}")
+            outcome.problems.append(f"capture: {lost} records not written to {self.store.uri}: {exc}")
         outcome.next_seq = self.seq
         return outcome
+
+    def _put_files(self, records: list[CaptureRecord], outcome: Outcome) -> None:
+        """``records`` as one file per day (counted in ``outcome``)."""
+        by_day: dict[str, list[CaptureRecord]] = {}
+        for record in records:
+            by_day.setdefault(record.day, []).append(record)
+        for day, day_records in by_day.items():
+            self._put_file(day, day_records)
+            outcome.files_written += 1
+            outcome.written += len(day_records)
 
     def _put_file(self, day: str, records: list[CaptureRecord]) -> None:
         data = write_capture_file(records)

@@ -67,7 +67,7 @@ class CaptureSettings:
     queue_bytes: int
     file_records: int
     flush_seconds: float
-    writer_cpu: float = 0.1  # cores the writer process may use on average
+    writer_cpu: float = 0.01  # cores the writer process may use on average
 
 
 #: The capture writer's CPU budget (option type): from 0.01 cores (a budget wait stays far below
@@ -199,11 +199,12 @@ class Settings:
                                        help="records per capture file at most (a file is written when this many wait)")
     capture_flush_seconds: float = option(30.0, env="CAPTURE_FLUSH_SECONDS", type=POSITIVE,
                                           help="longest a sampled product waits before its file is written")
-    capture_writer_cpu: float = option(0.1, env="CAPTURE_WRITER_CPU", type=WRITER_CORES, metavar="CORES",
-                                       help="CPU the capture writer process may use on average, in cores (0.1 = "
-                                            "100m, counted in the pod's CPU limit; 1 or more: no bound); beyond, it "
-                                            "waits, the queue fills and records are dropped and counted. Not bound "
-                                            "while the shutdown drain writes what is queued")
+    capture_writer_cpu: float = option(0.01, env="CAPTURE_WRITER_CPU", type=WRITER_CORES, metavar="CORES",
+                                       help="CPU the capture writer process may use on average, in cores (0.01 = "
+                                            "10m, counted in the pod's CPU limit; 1 or more: no bound): capture "
+                                            "costs serving this much at most; beyond, the writer waits, the queue "
+                                            "fills and records are dropped and counted. Not bound while the "
+                                            "shutdown drain writes what is queued")
     # -- logs ------------------------------------------------------------------------------------
     log_level: str = option("INFO", env="LOG_LEVEL", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                             type=str.upper, help="log level")
