@@ -15,7 +15,7 @@ so that image uploads are part of the cost, not only record files.
 
 The S3 API server stands in for a MinIO on other machines: in a cluster its CPU is not the
 predictor's. Here it shares the same cores, so by default it runs in the kernel's idle scheduling
-class (``chrt --idle``: it gets the CPU serving leaves idle, as the capture writer process does);
+class (``chrt --idle``: it gets the CPU serving leaves idle);
 ``--s3-priority normal`` makes it compete with the server as an equal. Its CPU seconds in each run
 are in the table either way. ``--server-cpus 0 --client-cpus 1`` lays the machine out as a cluster
 does: the server (and its capture writer process) on its own core, like a pod with a 1-CPU limit,

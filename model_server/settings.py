@@ -192,9 +192,10 @@ class Settings:
     capture_content: str = option("full", env="CAPTURE_CONTENT", choices=("full", "hashes"),
                                   help="full: records hold the text and the image is stored; hashes: only the "
                                        "SHA-256 of text and image (for shops that may not store them)")
-    capture_queue_bytes: int = option(64 * 1024 * 1024, env="CAPTURE_QUEUE_BYTES", type=AT_LEAST_ONE,
-                                      help="max bytes of sampled products waiting to be written; beyond, they are "
-                                           "dropped and counted, never waited for")
+    capture_queue_bytes: int = option(2 * 1024 * 1024, env="CAPTURE_QUEUE_BYTES", type=AT_LEAST_ONE,
+                                      help="max bytes of sampled products waiting to be written (about what the "
+                                           "writer's CPU budget writes in a few seconds: held request bytes cost "
+                                           "serving CPU); beyond, they are dropped and counted, never waited for")
     capture_file_records: int = option(1000, env="CAPTURE_FILE_RECORDS", type=AT_LEAST_ONE,
                                        help="records per capture file at most (a file is written when this many wait)")
     capture_flush_seconds: float = option(30.0, env="CAPTURE_FLUSH_SECONDS", type=POSITIVE,

@@ -32,6 +32,8 @@ from rakuten_common.v2_client import Product, infer_request, infer_url, parse_re
 from training_job import sample_data
 
 BATCH = 16
+#: The demo server's capture queue: every product sent, images and all (64 MiB).
+DEMO_QUEUE_BYTES = 64 * 1024 * 1024
 
 
 def step(text: str) -> None:
@@ -78,10 +80,13 @@ def serve_and_send(args, model_uri: str, captures: Path, products: list[Product]
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = args.workdir / "2-server.log"
+    # Every product, as fast as they come: no CPU budget for the writer, a queue that holds them all
+    # (a served pod keeps the defaults: capture costs it 10m of CPU at most, docs/capture.md).
     show(f"$ python -m model_server --model_uri {model_uri} --capture_uri {captures} --capture_sample_rate 1 "
-         f"(log: {log})")
+         f"--capture_writer_cpu 1 --capture_queue_bytes {DEMO_QUEUE_BYTES} (log: {log})")
     server = ServerProcess([sys.executable, "-m", "model_server", f"--model_uri={model_uri}", f"--http_port={port}",
                             f"--grpc_port={free_port()}", f"--capture_uri={captures}", "--capture_sample_rate=1",
+                            "--capture_writer_cpu=1", f"--capture_queue_bytes={DEMO_QUEUE_BYTES}",
                             "--capture_flush_seconds=2"], log)
     try:
         server.wait_until_ready(f"{url}/v2/health/ready", timeout=300)
