@@ -138,7 +138,7 @@ class CaptureFiles:
                     self._remember(record.image_sha256)
                 ready.append(record)
                 if self._clock() - started >= self.file_seconds and len(ready) < len(records) - stored:
-                    piece = Outcome(final=progress is None)
+                    piece = Outcome(final=False)
                     self._put_files(ready, piece)
                     stored += len(ready)
                     if progress is None:

@@ -130,19 +130,20 @@ def serve(conn, uri: str, content: str, name: str, seq: int, niceness: int, core
             return
         if batch is None:
             return
-        waited = throttle.waited
+        waited, reported = throttle.waited, 0
 
         def progress(piece: Outcome) -> None:  # a file of a long batch: the server counts it now
-            nonlocal waited
+            nonlocal waited, reported
             piece.budget_wait_seconds, waited = throttle.waited - waited, throttle.waited
+            reported += piece.written + piece.failed
             conn.send(piece)
 
         try:
             outcome = files.write(batch, progress)
         except Exception as exc:  # never die on a batch: say what happened
-            logger.exception("capture: writing %d records failed", len(batch))
-            outcome = Outcome(failed=len(batch), files_failed=1, next_seq=files.seq,
-                              problems=[f"capture: {len(batch)} records not written: {exc!r}"])
+            logger.exception("capture: writing %d records failed", len(batch) - reported)
+            outcome = Outcome(failed=len(batch) - reported, files_failed=1, next_seq=files.seq,
+                              problems=[f"capture: {len(batch) - reported} records not written: {exc!r}"])
         outcome.budget_wait_seconds = throttle.waited - waited
         conn.send(outcome)
 
