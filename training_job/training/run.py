@@ -211,7 +211,8 @@ def run(config: TrainConfig) -> TrainResult:
                     alone_metrics, _ = evaluate(predict(alone, data, split.val, images, (branch,), config.batch_size),
                                                 data.codes[split.val], labels)
                     tracked.call("logging ablation metrics", mlflow.log_metrics,
-                                 {**{f"val_{k}": v for k, v in alone_metrics.items()}, "best_epoch": alone_best})
+                                 {**{f"val_{k}": v for k, v in alone_metrics.items()}, "best_epoch": alone_best},
+                                 step=config.epochs)
                 metrics[f"{branch}_only_weighted_f1"] = alone_metrics["weighted_f1"]
                 metrics[f"{branch}_only_accuracy"] = alone_metrics["accuracy"]
                 logger.info("Ablation: %s branch alone, weighted F1 %.4f", branch, alone_metrics["weighted_f1"])
@@ -228,7 +229,10 @@ def run(config: TrainConfig) -> TrainResult:
             logger.info("Publishing version %s to %s", version, config.model_uri)
             version_uri = publish(bundle, config.model_uri, manifest, progress=logger.info)
             kill_point("published")
-            tracked.call("logging metrics", mlflow.log_metrics, {f"val_{k}": v for k, v in metrics.items()})
+            # At the step after the last epoch's: MLflow shows a metric's value at its highest step,
+            # and the per-epoch curves (tracking.EpochMetrics) use the same names.
+            tracked.call("logging metrics", mlflow.log_metrics, {f"val_{k}": v for k, v in metrics.items()},
+                         step=config.epochs)
             tracked.call("logging the confusion matrix", mlflow.log_figure,
                          confusion_figure(cm, labels.codes, f"Validation confusion matrix, {version}"),
                          "confusion_matrix.png")
